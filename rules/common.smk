@@ -1,0 +1,152 @@
+import json
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, schema="../config/schema.yaml")
+
+# The package lives in src/; jobs (local or sbatch'd, which export the environment) import it
+# from there, so the workflow runs from a plain checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(workflow.basedir) + "/src", os.environ.get("PYTHONPATH", "")]
+)
+
+EXPERIMENTS = list(config["experiments"])
+VARIANTS = ["dpo", "dpo_data_equal", "scdpo"]
+MODELS = ["sft"] + VARIANTS
+
+
+wildcard_constraints:
+    exp="|".join(EXPERIMENTS),
+    variant="|".join(VARIANTS),
+    model="|".join(MODELS),
+    benchmark="|".join(config["benchmarks"]),
+    subset="sft|dpo",
+    shard=r"\d+",
+    shards=r"\d+",
+
+
+for _exp, _spec in config["experiments"].items():
+    for _name in _spec["benchmarks"]:
+        if _name not in config["benchmarks"]:
+            raise ValueError(
+                f"experiments.{_exp}.benchmarks: '{_name}' is not a key of the top-level 'benchmarks'"
+            )
+
+
+def exp_config(wildcards):
+    return config["experiments"][wildcards.exp]
+
+
+# --- params: exactly the config values that change a stage's result --------------------------------
+
+
+def problem_source(wildcards):
+    return exp_config(wildcards)["data"][wildcards.subset]
+
+
+def benchmark_source(wildcards):
+    return config["benchmarks"][wildcards.benchmark]
+
+
+def generation_params(wildcards, stage=None):
+    """What every generation job depends on, plus its stage's own block."""
+    spec = exp_config(wildcards)
+    params = {
+        key: spec[key]
+        for key in ("format", "system_prompt", "seed", "generation", "sandbox", "noise")
+    }
+    if stage:
+        params[stage] = {k: v for k, v in spec[stage].items() if k != "shards"}
+    return params
+
+
+def sampling_params(wildcards):
+    return generation_params(wildcards, "sampling")
+
+
+def step_control_params(wildcards):
+    return generation_params(wildcards, "step_control")
+
+
+def pairs_params(wildcards):
+    spec = exp_config(wildcards)
+    return {
+        "system_prompt": spec["system_prompt"],
+        "seed": spec["seed"],
+        "pairs": spec["pairs"],
+        "dpo": {"max_length": spec["dpo"]["max_length"]},
+    }
+
+
+def recipe_json(stage):
+    def recipe(wildcards):
+        return json.dumps(exp_config(wildcards)[stage], sort_keys=True)
+
+    return recipe
+
+
+def launcher(stage):
+    def launch(wildcards):
+        return exp_config(wildcards)[stage].get("launcher", "python")
+
+    return launch
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+
+def base_model_inputs(wildcards):
+    """A scratch model's tokenizer is trained on the SFT data; a real model needs nothing local."""
+    if exp_config(wildcards)["model"]["source"] == "scratch":
+        return {"corpus": f"results/{wildcards.exp}/sft/data.jsonl"}
+    return {}
+
+
+def model_dir(wildcards):
+    return f"results/{wildcards.exp}/models/{wildcards.model}"
+
+
+def shard_files(stage):
+    def files(wildcards):
+        shards = exp_config(wildcards)[stage]["shards"]
+        return [
+            f"results/{wildcards.exp}/{stage}/shard{i}-of{shards}.jsonl" for i in range(shards)
+        ]
+
+    return files
+
+
+def all_predictions(wildcards=None):
+    return [
+        f"results/{exp}/predictions/{model}/{benchmark}.jsonl"
+        for exp, spec in config["experiments"].items()
+        for model in MODELS
+        for benchmark in spec["benchmarks"]
+    ]
+
+
+def all_pair_summaries(wildcards=None):
+    return [f"results/{exp}/pairs/summary.json" for exp in EXPERIMENTS]
+
+
+def solution_format(wildcards):
+    return exp_config(wildcards)["format"]
+
+
+def system_prompt(wildcards):
+    return exp_config(wildcards)["system_prompt"]
+
+
+def model_spec(wildcards):
+    return exp_config(wildcards)["model"]
+
+
+def eval_params(wildcards):
+    return generation_params(wildcards)

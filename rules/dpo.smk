@@ -1,0 +1,26 @@
+rule dpo_train:
+    """i. DPO from the SFT model (reference = SFT) on one variant's pairs: dpo, dpo_data_equal, scdpo."""
+    input:
+        model="results/{exp}/models/sft",
+        train="results/{exp}/pairs/{variant}/train.jsonl",
+        eval="results/{exp}/pairs/{variant}/eval.jsonl",
+    output:
+        directory("results/{exp}/models/{variant}"),
+    params:
+        recipe=recipe_json("dpo"),
+        launcher=launcher("dpo"),
+    log:
+        "logs/dpo_train/{exp}/{variant}.log",
+    benchmark:
+        "logs/benchmarks/dpo_train/{exp}/{variant}.tsv"
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=0,
+    threads: 2
+    shell:
+        "{params.launcher} -m scdpo.train dpo --model {input.model} --data {input.train}"
+        " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
+        " --threads {threads} > {log} 2>&1"

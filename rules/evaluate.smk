@@ -1,0 +1,43 @@
+rule eval_predict:
+    """j. Greedy answers of one model on one benchmark, with code execution and verdicts."""
+    input:
+        model=model_dir,
+        problems="results/benchmarks/{benchmark}.jsonl",
+    output:
+        ensure("results/{exp}/predictions/{model}/{benchmark}.jsonl", non_empty=True),
+    params:
+        generation=eval_params,
+        resume="results/{exp}/.resume/predictions/{model}/{benchmark}.jsonl",
+    log:
+        "logs/eval_predict/{exp}/{model}/{benchmark}.log",
+    benchmark:
+        "logs/benchmarks/eval_predict/{exp}/{model}/{benchmark}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    resources:
+        mem_mb=16000,
+        runtime=6 * 60,
+        gpu=0,
+    threads: 2
+    script:
+        "../workflow_scripts/eval_predict.py"
+
+
+rule table_accuracy:
+    """k. Paper Table 1's shape: a row per model, a column per benchmark, plus pair counts."""
+    input:
+        predictions=all_predictions,
+        pairs=all_pair_summaries,
+    output:
+        csv="results/accuracy.csv",
+        md="results/accuracy.md",
+    log:
+        "logs/table_accuracy/table.log",
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    threads: 1
+    script:
+        "../workflow_scripts/table_accuracy.py"

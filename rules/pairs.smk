@@ -1,0 +1,22 @@
+rule pairs_build:
+    """f, h. D_naive, its data-equal expansion and SCDPO's mix, each with a held-out split."""
+    input:
+        samples="results/{exp}/sampling/samples.jsonl",
+        negatives="results/{exp}/step_control/negatives.jsonl",
+        model="results/{exp}/models/sft",
+    output:
+        summary="results/{exp}/pairs/summary.json",
+        train=expand("results/{{exp}}/pairs/{variant}/train.jsonl", variant=VARIANTS),
+        eval=expand("results/{{exp}}/pairs/{variant}/eval.jsonl", variant=VARIANTS),
+    params:
+        pairs=pairs_params,
+    log:
+        "logs/pairs_build/{exp}.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    threads: 1
+    script:
+        "../workflow_scripts/pairs_build.py"

@@ -1,0 +1,40 @@
+rule solutions_sample:
+    """d-e. Naive sampling with code execution, graded and filtered, one shard of the questions."""
+    input:
+        model="results/{exp}/models/sft",
+        problems="results/{exp}/problems/dpo.jsonl",
+    output:
+        temp("results/{exp}/sampling/shard{shard}-of{shards}.jsonl"),
+    params:
+        generation=sampling_params,
+        resume="results/{exp}/.resume/sampling/shard{shard}-of{shards}.jsonl",
+    log:
+        "logs/solutions_sample/{exp}/shard{shard}-of{shards}.log",
+    benchmark:
+        "logs/benchmarks/solutions_sample/{exp}/shard{shard}-of{shards}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    resources:
+        mem_mb=16000,
+        runtime=12 * 60,
+        gpu=0,
+    threads: 2
+    script:
+        "../workflow_scripts/solutions_sample.py"
+
+
+rule solutions_merge:
+    input:
+        shard_files("sampling"),
+    output:
+        ensure("results/{exp}/sampling/samples.jsonl", non_empty=True),
+    log:
+        "logs/solutions_merge/{exp}.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    threads: 1
+    script:
+        "../workflow_scripts/merge_shards.py"

@@ -1,0 +1,40 @@
+rule negatives_step_controlled:
+    """g. Step-controlled negatives: continue preferred solutions from split points, hotter each block."""
+    input:
+        model="results/{exp}/models/sft",
+        samples="results/{exp}/sampling/samples.jsonl",
+    output:
+        temp("results/{exp}/step_control/shard{shard}-of{shards}.jsonl"),
+    params:
+        generation=step_control_params,
+        resume="results/{exp}/.resume/step_control/shard{shard}-of{shards}.jsonl",
+    log:
+        "logs/negatives_step_controlled/{exp}/shard{shard}-of{shards}.log",
+    benchmark:
+        "logs/benchmarks/negatives_step_controlled/{exp}/shard{shard}-of{shards}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    resources:
+        mem_mb=16000,
+        runtime=12 * 60,
+        gpu=0,
+    threads: 2
+    script:
+        "../workflow_scripts/negatives_step_controlled.py"
+
+
+rule negatives_merge:
+    input:
+        shard_files("step_control"),
+    output:
+        "results/{exp}/step_control/negatives.jsonl",
+    log:
+        "logs/negatives_merge/{exp}.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    threads: 1
+    script:
+        "../workflow_scripts/merge_shards.py"

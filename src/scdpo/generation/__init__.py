@@ -1,0 +1,1 @@
+"""Generation: backends, the frontier loop, and resumable shards."""

@@ -1,0 +1,107 @@
+"""Shards, chunks and resume around the frontier loop.
+
+A shard's questions are processed in fixed chunks; each finished chunk is appended (fsync'd) to a
+resume file outside Snakemake's declared outputs, so a job killed at any point and re-run continues
+after its last whole chunk. Chunk composition and seeds depend only on the data and the config, so
+the resumed result equals an uninterrupted run record for record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from scdpo.generation.backends import Backend
+from scdpo.generation.loop import Executor, LoopSettings, LoopStats, Task, progress_bar, run_frontier
+from scdpo.jsonl import append_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def shard_slice(items: list, shard: int, shards: int) -> list:
+    """Contiguous shard `shard` of `shards`: concatenating all shards restores the order."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is outside 0..{shards - 1}")
+    size, extra = divmod(len(items), shards)
+    start = shard * size + min(shard, extra)
+    return items[start : start + size + (shard < extra)]
+
+
+def fingerprint(*parts: object) -> str:
+    """What a resume file was made with; a different config starts afresh."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_resume(path: Path, key: str) -> dict[int, list[dict]]:
+    """Finished chunks from an earlier try; a torn last line (killed mid-write) is ignored."""
+    done: dict[int, list[dict]] = {}
+    if not path.exists():
+        return done
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if entry.get("fingerprint") != key:
+                log.info("resume file %s was made with another config: starting afresh", path)
+                return {}
+            done[entry["chunk"]] = entry["records"]
+    return done
+
+
+def run_resumable(
+    items: list[dict],
+    make_tasks: Callable[[list[dict]], list[Task]],
+    records_of: Callable[[list[Task]], list[dict]],
+    backend_factory: Callable[[], Backend],
+    executor: Executor,
+    settings: LoopSettings,
+    resume_path: str | Path,
+    key: str,
+    chunk_size: int,
+    desc: str,
+    solutions_per_item: int = 1,
+) -> tuple[list[dict], LoopStats]:
+    """All items' records in input order; work already in `resume_path` is not redone."""
+    resume_path = Path(resume_path)
+    resume_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_resume(resume_path, key)
+    if not done and resume_path.exists():
+        os.remove(resume_path)
+    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+    if done:
+        log.info("resuming: %d of %d chunks already done", len(done), len(chunks))
+    total = LoopStats()
+    backend = None
+    bar = progress_bar(len(items) * solutions_per_item, desc)
+    bar.update(sum(len(chunks[i]) for i in done if i < len(chunks)) * solutions_per_item)
+    for index, chunk in enumerate(chunks):
+        if index in done:
+            continue
+        backend = backend or backend_factory()
+        tasks = make_tasks(chunk)
+        stats = run_frontier(tasks, backend, executor, settings, progress=bar.update)
+        done[index] = records_of(tasks)
+        append_jsonl(resume_path, [{"fingerprint": key, "chunk": index, "records": done[index]}])
+        _accumulate(total, stats)
+        log.info(
+            "chunk %d/%d: %d solutions, %d tokens, %.0f tokens/s",
+            index + 1,
+            len(chunks),
+            stats.solutions,
+            stats.tokens,
+            stats.tokens_per_second(),
+        )
+    bar.close()
+    return [record for index in range(len(chunks)) for record in done[index]], total
+
+
+def _accumulate(total: LoopStats, stats: LoopStats) -> None:
+    for name in vars(total):
+        setattr(total, name, getattr(total, name) + getattr(stats, name))

@@ -1,0 +1,138 @@
+"""Preference pairs: naive (D_naive), data-equal expansion, step-controlled (D_SC), and the mix.
+
+Every pair is {"prompt", "chosen", "rejected"} (TRL's preference format) plus provenance: the
+question id, the pair kind, and for step-controlled pairs the split index k and the temperatures of
+the rejected suffix. For step-controlled pairs the prompt is question + t_0..t_k and ends on the
+`<|endofblock|>` special token, so the DPO loss is summed over the two suffixes only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+
+from scdpo.solution import Block, render_blocks, render_prompt, render_solution
+
+
+def _blocks(sample: dict) -> list[Block]:
+    return [Block.from_json(b) for b in sample["blocks"]]
+
+
+def _pair(question: dict, system: str, chosen: dict, rejected: dict, kind: str) -> dict:
+    return {
+        "id": question["id"],
+        "kind": kind,
+        "prompt": render_prompt(question["question"], system),
+        "chosen": render_solution(_blocks(chosen)),
+        "rejected": render_solution(_blocks(rejected)),
+    }
+
+
+def naive_pairs(sampled: list[dict], system: str) -> list[dict]:
+    """One pair per question: its first preferred and first dispreferred sample."""
+    pairs = []
+    for question in sampled:
+        preferred = [s for s in question["samples"] if s["preferred"]]
+        dispreferred = [s for s in question["samples"] if s["dispreferred"]]
+        if preferred and dispreferred:
+            pairs.append(_pair(question, system, preferred[0], dispreferred[0], "naive"))
+    return pairs
+
+
+def data_equal_pairs(sampled: list[dict], system: str, target: int, seed: int) -> list[dict]:
+    """Naive pairs expanded with more preferred x dispreferred combinations up to `target`.
+
+    Extra combinations are taken round-robin across questions (in a seeded order), so the
+    expansion spreads over questions instead of piling onto the few with many samples.
+    """
+    pairs = naive_pairs(sampled, system)
+    extras = []
+    for question in sampled:
+        preferred = [s for s in question["samples"] if s["preferred"]]
+        dispreferred = [s for s in question["samples"] if s["dispreferred"]]
+        combos = list(itertools.product(range(len(preferred)), range(len(dispreferred))))[1:]
+        random.Random(f"{seed}-{question['id']}").shuffle(combos)
+        extras.append(
+            [_pair(question, system, preferred[i], dispreferred[j], "naive_extra") for i, j in combos]
+        )
+    for round_robin in itertools.zip_longest(*extras):
+        for pair in round_robin:
+            if len(pairs) >= target:
+                return pairs
+            if pair is not None:
+                pairs.append(pair)
+    return pairs
+
+
+def step_controlled_pairs(generated: list[dict], system: str) -> list[dict]:
+    """One pair per step-controlled negative: shared prefix t_0..t_k, two different suffixes."""
+    pairs = []
+    for question in generated:
+        chosen = _blocks({"blocks": question["chosen"]})
+        for negative in question["negatives"]:
+            k = negative["k"]
+            pairs.append(
+                {
+                    "id": question["id"],
+                    "kind": "step_controlled",
+                    "k": k,
+                    "temperatures": negative["temperatures"],
+                    "prompt": render_prompt(question["question"], system)
+                    + render_blocks(chosen[: k + 1]),
+                    "chosen": render_solution(chosen[k + 1 :]),
+                    "rejected": render_solution(_blocks(negative)),
+                }
+            )
+    return pairs
+
+
+def mix(*pair_sets: list[dict], seed: int) -> list[dict]:
+    """SCDPO's data: the sets shuffled together, one DPO loss on each pair."""
+    mixed = [pair for pairs in pair_sets for pair in pairs]
+    random.Random(seed).shuffle(mixed)
+    return mixed
+
+
+def split_eval(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out `fraction` of the pairs (at least one when there are two or more) for DPO eval."""
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    held = max(1, round(len(shuffled) * fraction)) if len(shuffled) > 1 else 0
+    return shuffled[held:], shuffled[:held]
+
+
+def length_report(
+    pairs: list[dict], count_tokens: Callable[[str], int], max_length: int
+) -> tuple[list[dict], dict]:
+    """Drop pairs that would be truncated, and say how many and why.
+
+    TRL's DPOTrainer truncates prompt+completion to max_length keeping the start, which would cut
+    into the suffix the loss is about (and it drops pairs whose prompt alone is too long) without a
+    word; this filter makes that visible and leaves nothing to truncate.
+    """
+    kept, prompt_too_long, pair_too_long = [], 0, 0
+    for pair in pairs:
+        prompt = count_tokens(pair["prompt"])
+        longest = prompt + max(count_tokens(pair["chosen"]), count_tokens(pair["rejected"]))
+        if prompt >= max_length:
+            prompt_too_long += 1
+        elif longest > max_length:
+            pair_too_long += 1
+        else:
+            kept.append(pair)
+    report = {
+        "max_length": max_length,
+        "pairs_in": len(pairs),
+        "pairs_kept": len(kept),
+        "prompt_reaches_max_length": prompt_too_long,
+        "pair_exceeds_max_length": pair_too_long,
+    }
+    return kept, report
+
+
+def counts_by_kind(pairs: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        counts[pair["kind"]] = counts.get(pair["kind"], 0) + 1
+    return counts

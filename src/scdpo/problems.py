@@ -1,0 +1,210 @@
+"""Problems: the embedded synthetic generator and the loaders of real datasets.
+
+Every source yields the same record: {"id", "question", "answer"} and, for SFT data, "blocks"
+(a reference solution as a list of {"kind", "content"}).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from scdpo.jsonl import DataError, read_jsonl, require
+from scdpo.solution import Block, cot_blocks
+
+# --- synthetic arithmetic word problems ---------------------------------------------------------
+
+NAMES = ["Tom", "Ana", "Ben", "Mia", "Leo", "Eva", "Sam", "Zoe", "Max", "Ida"]
+ITEMS = ["apples", "pens", "cards", "books", "coins", "shells", "stamps", "eggs"]
+
+# One story per template: how the amount starts, and how each operation is told.
+TEMPLATES = [
+    {
+        "start": "{name} has {a} {item}.",
+        "add": "Then {name} gets {b} more {item}.",
+        "sub": "Then {name} gives away {b} {item}.",
+        "mul": "Then {name} ends up with {b} times as many {item}.",
+        "ask": "How many {item} does {name} have now?",
+    },
+    {
+        "start": "A box holds {a} {item}.",
+        "add": "Someone puts {b} more {item} in the box.",
+        "sub": "Someone takes {b} {item} out of the box.",
+        "mul": "The number of {item} in the box grows {b} times.",
+        "ask": "How many {item} are in the box now?",
+    },
+    {
+        "start": "A shop starts the day with {a} {item}.",
+        "add": "It receives {b} {item}.",
+        "sub": "It sells {b} {item}.",
+        "mul": "Its stock of {item} becomes {b} times as large.",
+        "ask": "How many {item} does the shop have at the end?",
+    },
+]
+OPERATIONS = {"add": "+", "sub": "-", "mul": "*"}
+STEP_TEXT = {"add": "Add {b}.", "sub": "Subtract {b}.", "mul": "Multiply by {b}."}
+
+
+def _operand(op: str, value: int, rng: random.Random) -> int:
+    if op == "mul":
+        return rng.randint(2, 4)
+    if op == "sub":
+        return rng.randint(1, max(1, value - 1))
+    return rng.randint(1, 30)
+
+
+def synthetic_problem(rng: random.Random, index: int, max_ops: int = 3) -> dict:
+    """One word problem with 1..max_ops operations and its code-integrated reference solution."""
+    template = rng.choice(TEMPLATES)
+    words = {"name": rng.choice(NAMES), "item": rng.choice(ITEMS)}
+    value = rng.randint(2, 40)
+    sentences = [template["start"].format(a=value, **words)]
+    blocks = []
+    for step in range(rng.randint(1, max_ops)):
+        op = rng.choice(["add", "mul"] if value < 3 else list(OPERATIONS))
+        operand = _operand(op, value, rng)
+        sentences.append(template[op].format(b=operand, **words))
+        left = str(value) if step == 0 else "x"
+        blocks += [
+            Block("text", STEP_TEXT[op].format(b=operand)),
+            Block("code", f"x = {left} {OPERATIONS[op]} {operand}\nprint(x)"),
+        ]
+        value = eval(f"{value} {OPERATIONS[op]} {operand}")  # noqa: S307 - our own literals
+        blocks.append(Block("execution", str(value)))
+    sentences.append(template["ask"].format(**words))
+    blocks.append(Block("text", f"The answer is \\boxed{{{value}}}."))
+    return {
+        "id": f"synthetic-{index}",
+        "question": " ".join(sentences),
+        "answer": str(value),
+        "blocks": [block.to_json() for block in blocks],
+    }
+
+
+def synthetic_problems(n: int, seed: int, max_ops: int = 3, offset: int = 0) -> list[dict]:
+    """n seeded problems; `offset` keeps ids (and draws) of train and test sets apart."""
+    rng = random.Random(f"{seed}-{offset}")
+    return [synthetic_problem(rng, offset + i, max_ops) for i in range(n)]
+
+
+# --- real datasets ------------------------------------------------------------------------------
+
+
+def _gold_answer(raw: object, answer_format: str, where: str) -> str:
+    from scdpo.grading import extract_answer
+
+    text = str(raw)
+    if answer_format == "plain":
+        return text.strip()
+    if answer_format == "gsm8k":
+        if "####" not in text:
+            raise DataError(f"{where}: answer has no '#### N' line")
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+    if answer_format == "boxed":
+        answer = extract_answer(text)
+        if answer is None:
+            raise DataError(f"{where}: answer has no \\boxed{{}}")
+        return answer
+    raise ValueError(f"unknown answer_format {answer_format!r}")
+
+
+def _sft_blocks(record: dict, where: str, solution_format: str) -> list[dict] | None:
+    """A reference solution for SFT: a list of blocks, or (cot) a text to split into steps."""
+    if "blocks" in record:
+        blocks = record["blocks"]
+        if not isinstance(blocks, list) or not all(
+            isinstance(b, dict) and {"kind", "content"} <= b.keys() for b in blocks
+        ):
+            raise DataError(f"{where}: key 'blocks' must be a list of {{kind, content}} objects")
+        return blocks
+    if solution_format == "cot" and "solution" in record:
+        return [block.to_json() for block in cot_blocks(str(record["solution"]))]
+    return None
+
+
+def load_jsonl_problems(
+    path: str | Path,
+    question_key: str = "question",
+    answer_key: str = "extra.answer",
+    answer_format: str = "plain",
+    solution_format: str = "code",
+) -> list[dict]:
+    """Local JSONL in the benchmark format: `question` and `extra.answer` on every line."""
+    problems = []
+    for number, record in enumerate(read_jsonl(path), start=1):
+        where = f"{path}:{number}"
+        question = require(record, question_key, where)
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{where}: key '{question_key}' must be a non-empty string")
+        answer = _gold_answer(require(record, answer_key, where), answer_format, where)
+        item_id = record.get("id") or (record.get("extra") or {}).get("id") or str(number)
+        problem = {"id": str(item_id), "question": question, "answer": answer}
+        blocks = _sft_blocks(record, where, solution_format)
+        if blocks is not None:
+            problem["blocks"] = blocks
+        problems.append(problem)
+    return problems
+
+
+def load_hf_problems(
+    dataset_id: str,
+    split: str,
+    name: str | None = None,
+    question_key: str = "question",
+    answer_key: str = "answer",
+    answer_format: str = "plain",
+) -> list[dict]:
+    """A Hugging Face dataset by hub id or local dataset directory (e.g. openai/gsm8k, main)."""
+    import datasets
+
+    rows = datasets.load_dataset(dataset_id, name, split=split)
+    problems = []
+    for index, row in enumerate(rows):
+        where = f"{dataset_id}[{split}] row {index}"
+        question = require(row, question_key, where)
+        answer = _gold_answer(require(row, answer_key, where), answer_format, where)
+        problems.append({"id": f"{index}", "question": str(question), "answer": answer})
+    return problems
+
+
+def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
+    """Dispatch on a config `source` block (see config/schema.yaml: problem_source)."""
+    kind = source["source"]
+    if kind == "synthetic":
+        return synthetic_problems(
+            source["n"], source["seed"], source.get("max_ops", 3), source.get("offset", 0)
+        )
+    fields = {
+        "question_key": source.get("question_key", "question"),
+        "answer_format": source.get("answer_format", "plain"),
+    }
+    if kind == "jsonl":
+        return load_jsonl_problems(
+            source["path"],
+            answer_key=source.get("answer_key", "extra.answer"),
+            solution_format=solution_format,
+            **fields,
+        )
+    if kind == "hf":
+        problems = load_hf_problems(
+            source["id"],
+            source["split"],
+            source.get("name"),
+            answer_key=source.get("answer_key", "answer"),
+            **fields,
+        )
+        limit = source.get("limit")
+        return problems[:limit] if limit else problems
+    raise ValueError(f"unknown problem source {kind!r}")
+
+
+def iter_problems(path: str | Path) -> Iterator[dict]:
+    yield from read_jsonl(path)
+
+
+def problems_digest(problems: list[dict]) -> str:
+    """A short summary line for logs."""
+    with_solutions = sum("blocks" in p for p in problems)
+    return json.dumps({"problems": len(problems), "with_reference_solution": with_solutions})

@@ -1,0 +1,7 @@
+from _logging import to_log
+
+to_log(snakemake.log[0])
+
+from scdpo.pipeline import merge_shards
+
+merge_shards(list(snakemake.input), snakemake.output[0])

@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from _logging import to_log
+
+to_log(snakemake.log[0])
+
+from scdpo.pipeline import build_pairs
+
+build_pairs(
+    snakemake.input.samples,
+    snakemake.input.negatives,
+    snakemake.input.model,
+    snakemake.params.pairs,
+    str(Path(snakemake.output.summary).parent),
+)

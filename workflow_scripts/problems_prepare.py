@@ -1,0 +1,11 @@
+from _logging import to_log
+
+to_log(snakemake.log[0])
+
+from scdpo.pipeline import prepare_problems
+
+prepare_problems(
+    snakemake.params.source,
+    snakemake.params.get("solution_format", "code"),
+    snakemake.output[0],
+)
