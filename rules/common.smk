@@ -6,17 +6,20 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless the command line gives a config (`--configfile`): merging the two
+# would add the default's experiments to every real run.
+if not config:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, schema="../config/schema.yaml")
 
-# The package lives in src/; jobs (local or sbatch'd, which export the environment) import it
-# from there, so the workflow runs from a plain checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(workflow.basedir) + "/src", os.environ.get("PYTHONPATH", "")]
+# The training CLI, relative to the working directory so that provenance does not change when the
+# checkout moves; `python` or `accelerate launch` runs it.
+TRAIN_CLI = os.path.relpath(
+    os.path.join(workflow.basedir, "workflow_scripts", "train.py")
 )
-
 EXPERIMENTS = list(config["experiments"])
 VARIANTS = ["dpo", "dpo_data_equal", "scdpo"]
 MODELS = ["sft"] + VARIANTS
@@ -87,7 +90,11 @@ def pairs_params(wildcards):
 
 def recipe_json(stage):
     def recipe(wildcards):
-        return json.dumps(exp_config(wildcards)[stage], sort_keys=True)
+        # How training is launched does not change its result.
+        recipe = {
+            k: v for k, v in exp_config(wildcards)[stage].items() if k != "launcher"
+        }
+        return json.dumps(recipe, sort_keys=True)
 
     return recipe
 
@@ -117,7 +124,8 @@ def shard_files(stage):
     def files(wildcards):
         shards = exp_config(wildcards)[stage]["shards"]
         return [
-            f"results/{wildcards.exp}/{stage}/shard{i}-of{shards}.jsonl" for i in range(shards)
+            f"results/{wildcards.exp}/{stage}/shard{i}-of{shards}.jsonl"
+            for i in range(shards)
         ]
 
     return files

@@ -6,21 +6,22 @@ rule dpo_train:
         eval="results/{exp}/pairs/{variant}/eval.jsonl",
     output:
         directory("results/{exp}/models/{variant}"),
-    params:
-        recipe=recipe_json("dpo"),
-        launcher=launcher("dpo"),
     log:
         "logs/dpo_train/{exp}/{variant}.log",
     benchmark:
         "logs/benchmarks/dpo_train/{exp}/{variant}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=24 * 60,
         gpu=0,
-    threads: 2
+    params:
+        recipe=recipe_json("dpo"),
+        cli=TRAIN_CLI,
+        launcher=launcher("dpo"),
     shell:
-        "{params.launcher} -m scdpo.train dpo --model {input.model} --data {input.train}"
+        "{params.launcher} {params.cli} dpo --model {input.model} --data {input.train}"
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
         " --threads {threads} > {log} 2>&1"

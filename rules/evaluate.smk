@@ -5,20 +5,20 @@ rule eval_predict:
         problems="results/benchmarks/{benchmark}.jsonl",
     output:
         ensure("results/{exp}/predictions/{model}/{benchmark}.jsonl", non_empty=True),
-    params:
-        generation=eval_params,
-        resume="results/{exp}/.resume/predictions/{model}/{benchmark}.jsonl",
     log:
         "logs/eval_predict/{exp}/{model}/{benchmark}.log",
     benchmark:
         "logs/benchmarks/eval_predict/{exp}/{model}/{benchmark}.tsv"
     conda:
         "../envs/generate.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=6 * 60,
         gpu=0,
-    threads: 2
+    params:
+        generation=eval_params,
+        resume="results/{exp}/.resume/predictions/{model}/{benchmark}.jsonl",
     script:
         "../workflow_scripts/eval_predict.py"
 
@@ -35,9 +35,9 @@ rule table_accuracy:
         "logs/table_accuracy/table.log",
     conda:
         "../envs/report.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    threads: 1
     script:
         "../workflow_scripts/table_accuracy.py"

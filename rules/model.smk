@@ -4,18 +4,18 @@ rule model_base:
         unpack(base_model_inputs),
     output:
         directory("results/{exp}/models/base"),
-    params:
-        spec=model_spec,
     log:
         "logs/model_base/{exp}.log",
     benchmark:
         "logs/benchmarks/model_base/{exp}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: 2
     resources:
         mem_mb=32000,
         runtime=60,
-    threads: 2
+    params:
+        spec=model_spec,
     script:
         "../workflow_scripts/model_base.py"
 
@@ -27,20 +27,21 @@ rule sft_train:
         data="results/{exp}/sft/data.jsonl",
     output:
         directory("results/{exp}/models/sft"),
-    params:
-        recipe=recipe_json("sft"),
-        launcher=launcher("sft"),
     log:
         "logs/sft_train/{exp}.log",
     benchmark:
         "logs/benchmarks/sft_train/{exp}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=24 * 60,
         gpu=0,
-    threads: 2
+    params:
+        recipe=recipe_json("sft"),
+        cli=TRAIN_CLI,
+        launcher=launcher("sft"),
     shell:
-        "{params.launcher} -m scdpo.train sft --model {input.model} --data {input.data}"
+        "{params.launcher} {params.cli} sft --model {input.model} --data {input.data}"
         " --out {output} --recipe '{params.recipe}' --threads {threads} > {log} 2>&1"

@@ -8,15 +8,15 @@ rule pairs_build:
         summary="results/{exp}/pairs/summary.json",
         train=expand("results/{{exp}}/pairs/{variant}/train.jsonl", variant=VARIANTS),
         eval=expand("results/{{exp}}/pairs/{variant}/eval.jsonl", variant=VARIANTS),
-    params:
-        pairs=pairs_params,
     log:
         "logs/pairs_build/{exp}.log",
     conda:
         "../envs/data.yaml"
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=60,
-    threads: 1
+    params:
+        pairs=pairs_params,
     script:
         "../workflow_scripts/pairs_build.py"

@@ -2,17 +2,17 @@ rule problems_prepare:
     """a. Training questions: the SFT set (with reference solutions) and the set sampled for pairs."""
     output:
         ensure("results/{exp}/problems/{subset}.jsonl", non_empty=True),
-    params:
-        source=problem_source,
-        solution_format=solution_format,
     log:
         "logs/problems_prepare/{exp}/{subset}.log",
     conda:
         "../envs/data.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    threads: 1
+    params:
+        source=problem_source,
+        solution_format=solution_format,
     script:
         "../workflow_scripts/problems_prepare.py"
 
@@ -21,16 +21,16 @@ rule benchmark_prepare:
     """Evaluation questions with their gold answers, shared by all experiments."""
     output:
         ensure("results/benchmarks/{benchmark}.jsonl", non_empty=True),
-    params:
-        source=benchmark_source,
     log:
         "logs/benchmark_prepare/{benchmark}.log",
     conda:
         "../envs/data.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    threads: 1
+    params:
+        source=benchmark_source,
     script:
         "../workflow_scripts/problems_prepare.py"
 
@@ -41,15 +41,15 @@ rule sft_data:
         "results/{exp}/problems/sft.jsonl",
     output:
         ensure("results/{exp}/sft/data.jsonl", non_empty=True),
-    params:
-        system_prompt=system_prompt,
     log:
         "logs/sft_data/{exp}.log",
     conda:
         "../envs/data.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    threads: 1
+    params:
+        system_prompt=system_prompt,
     script:
         "../workflow_scripts/sft_data.py"

@@ -5,20 +5,20 @@ rule solutions_sample:
         problems="results/{exp}/problems/dpo.jsonl",
     output:
         temp("results/{exp}/sampling/shard{shard}-of{shards}.jsonl"),
-    params:
-        generation=sampling_params,
-        resume="results/{exp}/.resume/sampling/shard{shard}-of{shards}.jsonl",
     log:
         "logs/solutions_sample/{exp}/shard{shard}-of{shards}.log",
     benchmark:
         "logs/benchmarks/solutions_sample/{exp}/shard{shard}-of{shards}.tsv"
     conda:
         "../envs/generate.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=12 * 60,
         gpu=0,
-    threads: 2
+    params:
+        generation=sampling_params,
+        resume="results/{exp}/.resume/sampling/shard{shard}-of{shards}.jsonl",
     script:
         "../workflow_scripts/solutions_sample.py"
 
@@ -32,9 +32,9 @@ rule solutions_merge:
         "logs/solutions_merge/{exp}.log",
     conda:
         "../envs/data.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    threads: 1
     script:
         "../workflow_scripts/merge_shards.py"

@@ -5,20 +5,20 @@ rule negatives_step_controlled:
         samples="results/{exp}/sampling/samples.jsonl",
     output:
         temp("results/{exp}/step_control/shard{shard}-of{shards}.jsonl"),
-    params:
-        generation=step_control_params,
-        resume="results/{exp}/.resume/step_control/shard{shard}-of{shards}.jsonl",
     log:
         "logs/negatives_step_controlled/{exp}/shard{shard}-of{shards}.log",
     benchmark:
         "logs/benchmarks/negatives_step_controlled/{exp}/shard{shard}-of{shards}.tsv"
     conda:
         "../envs/generate.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=12 * 60,
         gpu=0,
-    threads: 2
+    params:
+        generation=step_control_params,
+        resume="results/{exp}/.resume/step_control/shard{shard}-of{shards}.jsonl",
     script:
         "../workflow_scripts/negatives_step_controlled.py"
 
@@ -32,9 +32,9 @@ rule negatives_merge:
         "logs/negatives_merge/{exp}.log",
     conda:
         "../envs/data.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    threads: 1
     script:
         "../workflow_scripts/merge_shards.py"

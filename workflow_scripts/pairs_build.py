@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from _logging import to_log
+from _workflow import to_log
 
 to_log(snakemake.log[0])
 

@@ -1,4 +1,4 @@
-from _logging import to_log
+from _workflow import to_log
 
 to_log(snakemake.log[0])
 

@@ -6,9 +6,7 @@ Every source yields the same record: {"id", "question", "answer"} and, for SFT d
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 from scdpo.jsonl import DataError, read_jsonl, require
@@ -72,7 +70,7 @@ def synthetic_problem(rng: random.Random, index: int, max_ops: int = 3) -> dict:
             Block("code", f"x = {left} {OPERATIONS[op]} {operand}\nprint(x)"),
         ]
         value = eval(f"{value} {OPERATIONS[op]} {operand}")  # noqa: S307 - our own literals
-        blocks.append(Block("execution", str(value)))
+        blocks.append(Block("execution", f"{value}\n"))  # as print() writes it
     sentences.append(template["ask"].format(**words))
     blocks.append(Block("text", f"The answer is \\boxed{{{value}}}."))
     return {
@@ -181,13 +179,13 @@ def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
         "answer_format": source.get("answer_format", "plain"),
     }
     if kind == "jsonl":
-        return load_jsonl_problems(
+        problems = load_jsonl_problems(
             source["path"],
             answer_key=source.get("answer_key", "extra.answer"),
             solution_format=solution_format,
             **fields,
         )
-    if kind == "hf":
+    elif kind == "hf":
         problems = load_hf_problems(
             source["id"],
             source["split"],
@@ -195,16 +193,6 @@ def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
             answer_key=source.get("answer_key", "answer"),
             **fields,
         )
-        limit = source.get("limit")
-        return problems[:limit] if limit else problems
-    raise ValueError(f"unknown problem source {kind!r}")
-
-
-def iter_problems(path: str | Path) -> Iterator[dict]:
-    yield from read_jsonl(path)
-
-
-def problems_digest(problems: list[dict]) -> str:
-    """A short summary line for logs."""
-    with_solutions = sum("blocks" in p for p in problems)
-    return json.dumps({"problems": len(problems), "with_reference_solution": with_solutions})
+    else:
+        raise ValueError(f"unknown problem source {kind!r}")
+    return problems[: source["limit"]] if source.get("limit") else problems

@@ -1,0 +1,99 @@
+from scdpo.pairs import (
+    data_equal_pairs,
+    length_report,
+    mix,
+    naive_pairs,
+    split_eval,
+    step_controlled_pairs,
+)
+from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE
+
+
+def sample(answer: str, preferred: bool) -> dict:
+    blocks = [{"kind": "text", "content": f"\\boxed{{{answer}}}"}]
+    return {"blocks": blocks, "preferred": preferred, "dispreferred": not preferred}
+
+
+def sampled(n_questions: int, n_good: int, n_bad: int) -> list[dict]:
+    return [
+        {
+            "id": f"q{i}",
+            "question": f"Q{i}",
+            "answer": "1",
+            "samples": [sample("1", True) for _ in range(n_good)]
+            + [sample(str(j + 2), False) for j in range(n_bad)],
+        }
+        for i in range(n_questions)
+    ]
+
+
+def test_naive_pairs_take_the_first_preferred_and_dispreferred():
+    data = sampled(3, 2, 2) + [{"id": "only-good", "question": "Q", "answer": "1",
+                                 "samples": [sample("1", True)]}]
+    pairs = naive_pairs(data, "sys")
+    assert [p["id"] for p in pairs] == ["q0", "q1", "q2"]
+    assert pairs[0]["chosen"].startswith("<|text|>\\boxed{1}")
+    assert pairs[0]["rejected"].startswith("<|text|>\\boxed{2}")
+    assert pairs[0]["prompt"].endswith("<|assistant|>")
+
+
+def test_data_equal_expands_to_the_target_across_questions():
+    data = sampled(4, 2, 3)  # 6 combinations per question
+    pairs = data_equal_pairs(data, "", target=10, seed=0)
+    assert len(pairs) == 10
+    ids = [p["id"] for p in pairs[4:]]
+    assert len(set(ids)) == 4  # extras spread round-robin over the questions
+    assert len({(p["id"], p["chosen"], p["rejected"]) for p in pairs}) >= 7
+    assert len(data_equal_pairs(data, "", target=1000, seed=0)) == 24  # all combinations
+
+
+def test_step_controlled_pairs_share_the_prefix_and_end_it_on_a_block_marker():
+    chosen = [
+        {"kind": "text", "content": "a"},
+        {"kind": "code", "content": "print(1)"},
+        {"kind": "execution", "content": "1\n"},
+        {"kind": "text", "content": "\\boxed{1}"},
+    ]
+    generated = [
+        {
+            "id": "q",
+            "question": "Q",
+            "answer": "1",
+            "chosen": chosen,
+            "negatives": [
+                {"k": 0, "temperatures": [1.1, 1.15],
+                 "blocks": [{"kind": "code", "content": "print(2)"},
+                            {"kind": "execution", "content": "2\n"},
+                            {"kind": "text", "content": "\\boxed{2}"}]}
+            ],
+        }
+    ]
+    [pair] = step_controlled_pairs(generated, "")
+    assert pair["prompt"].endswith("<|text|>a" + END_OF_BLOCK)
+    assert pair["chosen"].startswith("<|code|>print(1)")
+    assert pair["rejected"].startswith("<|code|>print(2)")
+    assert pair["chosen"].endswith(END_OF_MESSAGE) and pair["rejected"].endswith(END_OF_MESSAGE)
+    assert pair["k"] == 0 and pair["temperatures"] == [1.1, 1.15]
+
+
+def test_mix_and_eval_split_keep_every_pair_once():
+    a = [{"id": f"a{i}", "kind": "naive"} for i in range(150)]
+    b = [{"id": f"b{i}", "kind": "step_controlled"} for i in range(50)]
+    mixed = mix(a, b, seed=3)
+    assert sorted(p["id"] for p in mixed) == sorted(p["id"] for p in a + b)
+    assert mixed != a + b
+    train, held = split_eval(mixed, 0.01, seed=0)
+    assert len(held) == 2 and len(train) == 198
+    assert not {p["id"] for p in train} & {p["id"] for p in held}
+
+
+def test_length_report_drops_what_would_be_truncated_and_counts_it():
+    pairs = [
+        {"prompt": "p " * 3, "chosen": "c " * 2, "rejected": "r " * 4},  # 3 + 4 = 7: fits
+        {"prompt": "p " * 3, "chosen": "c " * 2, "rejected": "r " * 6},  # 9 > 8: cut suffix
+        {"prompt": "p " * 8, "chosen": "c", "rejected": "r"},  # prompt alone fills it
+    ]
+    kept, report = length_report(pairs, lambda text: len(text.split()), max_length=8)
+    assert kept == pairs[:1]
+    assert report["pair_exceeds_max_length"] == 1
+    assert report["prompt_reaches_max_length"] == 1

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+
+from scdpo.grading import grade
+from scdpo.jsonl import DataError
+from scdpo.problems import load_jsonl_problems, load_problems, synthetic_problems
+from scdpo.sandbox import run_blocks
+from scdpo.solution import Block, final_text, split_points
+
+
+def test_synthetic_problems_are_seeded_and_varied():
+    first, again = synthetic_problems(50, seed=3), synthetic_problems(50, seed=3)
+    assert first == again
+    assert synthetic_problems(50, seed=4) != first
+    ops = {sum(b["kind"] == "code" for b in p["blocks"]) for p in first}
+    assert ops == {1, 2, 3}
+    starts = {p["question"].split()[1] for p in first}
+    assert len(starts) >= 3  # several templates
+
+
+def test_synthetic_reference_solutions_execute_to_their_answer():
+    for problem in synthetic_problems(20, seed=5):
+        blocks = [Block.from_json(b) for b in problem["blocks"]]
+        code = [b.content for b in blocks if b.kind == "code"]
+        executions = [b.content for b in blocks if b.kind == "execution"]
+        assert run_blocks(code) == executions
+        assert grade(final_text(blocks), problem["answer"])
+        assert split_points(blocks)  # every solution has a split point
+
+
+def test_train_and_test_sets_do_not_share_ids():
+    train = {p["id"] for p in synthetic_problems(100, seed=1, offset=0)}
+    test = {p["id"] for p in synthetic_problems(100, seed=1, offset=10_000)}
+    assert not train & test
+
+
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("gsm8k_test.jsonl", 1319),
+        ("math500_test.jsonl", 500),
+        ("cmath_test.jsonl", None),
+        ("mgsm_zh_test.jsonl", None),
+        ("ape500_test.jsonl", 500),
+    ],
+)
+def test_loader_reads_the_real_benchmark_files(benchmarks_dir, name, count):
+    problems = load_problems({"source": "jsonl", "path": str(benchmarks_dir / name)})
+    if count is not None:
+        assert len(problems) == count
+    assert all(p["question"] and p["answer"] for p in problems)
+    assert len({p["id"] for p in problems}) == len(problems)
+
+
+def test_gsm8k_reference_from_its_solution_matches_the_answer_field(benchmarks_dir):
+    path = str(benchmarks_dir / "gsm8k_test.jsonl")
+    from_field = load_jsonl_problems(path)
+    from_solution = load_jsonl_problems(path, answer_key="extra.solution", answer_format="gsm8k")
+    assert [p["answer"] for p in from_field][:50] == [p["answer"] for p in from_solution][:50]
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"question": "q", "extra": {"answer": "1"}})
+    path.write_text(f"{good}\n{good}\n{{not json\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: not valid JSON"):
+        load_jsonl_problems(path)
+
+
+def test_missing_key_names_file_line_and_key(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"question": "q", "extra": {}}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: missing key 'extra\.answer'"):
+        load_jsonl_problems(path)
+
+
+def test_hf_loader_reads_a_local_dataset_directory(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [
+        {"question": "Two plus two?", "answer": "2 + 2 = <<2+2=4>>4\n#### 4"},
+        {"question": "Ten minus one?", "answer": "10 - 1 = 9\n#### 9"},
+    ]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "test.parquet"))
+    problems = load_problems(
+        {"source": "hf", "id": str(tmp_path), "split": "test", "answer_format": "gsm8k"}
+    )
+    assert [p["answer"] for p in problems] == ["4", "9"]

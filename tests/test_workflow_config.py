@@ -1,0 +1,62 @@
+"""The workflow parses, validates its config and plans every stage, before any job runs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "config").rglob("*.yaml")
+                 if p.name != "schema.yaml")
+STAGES = [
+    "problems_prepare", "benchmark_prepare", "sft_data", "model_base", "sft_train",
+    "solutions_sample", "solutions_merge", "negatives_step_controlled", "negatives_merge",
+    "pairs_build", "dpo_train", "eval_predict", "table_accuracy",
+]
+
+
+def dry_run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "--directory", str(cwd), "--snakefile", str(REPO / "Snakefile"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, timeout=120,
+    )
+    result.output = result.stdout
+    return result
+
+
+@pytest.mark.parametrize("configfile", CONFIGS)
+def test_every_shipped_config_dry_runs_every_stage(configfile, tmp_path):
+    result = dry_run("--configfile", str(REPO / configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.output[-3000:]
+    for stage in STAGES:
+        assert f"rule {stage}:" in result.output or f"localrule {stage}:" in result.output, stage
+
+
+def _bad_config(tmp_path, edit) -> subprocess.CompletedProcess:
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    edit(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return dry_run("--configfile", str(path), cwd=tmp_path)
+
+
+def test_unknown_key_fails_before_any_job_naming_the_key(tmp_path):
+    result = _bad_config(tmp_path, lambda c: c["experiments"]["tiny"]["dpo"].update(betta=0.2))
+    assert result.returncode != 0
+    assert "betta" in result.output
+    assert "Job stats" not in result.output
+
+
+def test_out_of_range_value_fails_naming_the_key(tmp_path):
+    result = _bad_config(tmp_path, lambda c: c["experiments"]["tiny"]["sampling"].update(shards=0))
+    assert result.returncode != 0
+    assert "shards" in result.output and "minimum" in result.output
+
+
+def test_unknown_benchmark_name_is_reported(tmp_path):
+    result = _bad_config(tmp_path, lambda c: c["experiments"]["tiny"].update(benchmarks=["gsm9k"]))
+    assert result.returncode != 0
+    assert "gsm9k" in result.output
