@@ -116,7 +116,16 @@ def base_model_inputs(wildcards):
     return {}
 
 
+def sft_model(wildcards):
+    """The SFT model; with `sft: {skip: true}` the base model already is one (e.g. MetaMath)."""
+    if exp_config(wildcards)["sft"].get("skip", False):
+        return f"results/{wildcards.exp}/models/base"
+    return f"results/{wildcards.exp}/models/sft"
+
+
 def model_dir(wildcards):
+    if wildcards.model == "sft":
+        return sft_model(wildcards)
     return f"results/{wildcards.exp}/models/{wildcards.model}"
 
 

@@ -1,7 +1,7 @@
 rule dpo_train:
     """i. DPO from the SFT model (reference = SFT) on one variant's pairs: dpo, dpo_data_equal, scdpo."""
     input:
-        model="results/{exp}/models/sft",
+        model=sft_model,
         train="results/{exp}/pairs/{variant}/train.jsonl",
         eval="results/{exp}/pairs/{variant}/eval.jsonl",
     output:

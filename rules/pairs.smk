@@ -3,7 +3,7 @@ rule pairs_build:
     input:
         samples="results/{exp}/sampling/samples.jsonl",
         negatives="results/{exp}/step_control/negatives.jsonl",
-        model="results/{exp}/models/sft",
+        model=sft_model,
     output:
         summary="results/{exp}/pairs/summary.json",
         train=expand("results/{{exp}}/pairs/{variant}/train.jsonl", variant=VARIANTS),

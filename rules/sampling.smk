@@ -1,7 +1,7 @@
 rule solutions_sample:
     """d-e. Naive sampling with code execution, graded and filtered, one shard of the questions."""
     input:
-        model="results/{exp}/models/sft",
+        model=sft_model,
         problems="results/{exp}/problems/dpo.jsonl",
     output:
         temp("results/{exp}/sampling/shard{shard}-of{shards}.jsonl"),

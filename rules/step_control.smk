@@ -1,7 +1,7 @@
 rule negatives_step_controlled:
     """g. Step-controlled negatives: continue preferred solutions from split points, hotter each block."""
     input:
-        model="results/{exp}/models/sft",
+        model=sft_model,
         samples="results/{exp}/sampling/samples.jsonl",
     output:
         temp("results/{exp}/step_control/shard{shard}-of{shards}.jsonl"),

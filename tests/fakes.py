@@ -40,4 +40,6 @@ class ScriptedBackend:
 
 
 def questions(n: int) -> list[dict]:
-    return [{"id": f"q{i}", "question": f"What is {i + 2}?", "answer": str(i + 2)} for i in range(n)]
+    return [
+        {"id": f"q{i}", "question": f"What is {i + 2}?", "answer": str(i + 2)} for i in range(n)
+    ]

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from fakes import ScriptedBackend, questions
+
 from scdpo.generation.loop import LoopSettings, run_frontier
 from scdpo.generation.runner import run_resumable, shard_slice
 from scdpo.sandbox import SandboxConfig, SandboxPool
@@ -74,8 +74,12 @@ def test_step_control_continues_from_split_points_with_rising_temperature(pool):
 
 
 def test_step_control_gives_up_after_max_tries(pool):
-    chosen = [Block("text", "a"), Block("code", "print(2)"), Block("execution", "2\n"),
-              Block("text", "\\boxed{2}")]
+    chosen = [
+        Block("text", "a"),
+        Block("code", "print(2)"),
+        Block("execution", "2\n"),
+        Block("text", "\\boxed{2}"),
+    ]
     settings = StepControlSettings(max_tries=3, max_pairs=2)
     task = StepControlTask(questions(1)[0], chosen, settings)
     backend = ScriptedBackend(wrong_when=lambda r: False)

@@ -29,7 +29,9 @@ def test_tokenizer_keeps_markers_whole_splits_digits_and_round_trips():
     text = next(corpus())
     ids = tokenizer(text, add_special_tokens=False).input_ids
     assert tokenizer.decode(ids) == text
-    tokens = tokenizer.convert_ids_to_tokens(tokenizer("x = 123", add_special_tokens=False).input_ids)
+    tokens = tokenizer.convert_ids_to_tokens(
+        tokenizer("x = 123", add_special_tokens=False).input_ids
+    )
     assert {"1", "2", "3"} <= set(tokens)
     for marker in MARKERS:
         assert tokenizer.convert_ids_to_tokens(tokenizer(marker).input_ids) == [marker]
@@ -79,7 +81,9 @@ def test_real_model_source_loads_from_a_local_path(tmp_path):
     tokenizer = train_tokenizer(corpus(50), vocab_size=300)
     model = create_tiny_llama(tokenizer, SPEC, seed=0)
     save(model, tokenizer, tmp_path / "hub-like")
-    build_base_model({"source": "hf", "name_or_path": str(tmp_path / "hub-like")}, [], tmp_path / "b")
+    build_base_model(
+        {"source": "hf", "name_or_path": str(tmp_path / "hub-like")}, [], tmp_path / "b"
+    )
     assert AutoTokenizer.from_pretrained(tmp_path / "b").eos_token == END_OF_MESSAGE
     with pytest.raises(OSError):
         load_pretrained(str(tmp_path / "missing"))

@@ -28,8 +28,9 @@ def sampled(n_questions: int, n_good: int, n_bad: int) -> list[dict]:
 
 
 def test_naive_pairs_take_the_first_preferred_and_dispreferred():
-    data = sampled(3, 2, 2) + [{"id": "only-good", "question": "Q", "answer": "1",
-                                 "samples": [sample("1", True)]}]
+    data = sampled(3, 2, 2) + [
+        {"id": "only-good", "question": "Q", "answer": "1", "samples": [sample("1", True)]}
+    ]
     pairs = naive_pairs(data, "sys")
     assert [p["id"] for p in pairs] == ["q0", "q1", "q2"]
     assert pairs[0]["chosen"].startswith("<|text|>\\boxed{1}")
@@ -61,10 +62,15 @@ def test_step_controlled_pairs_share_the_prefix_and_end_it_on_a_block_marker():
             "answer": "1",
             "chosen": chosen,
             "negatives": [
-                {"k": 0, "temperatures": [1.1, 1.15],
-                 "blocks": [{"kind": "code", "content": "print(2)"},
-                            {"kind": "execution", "content": "2\n"},
-                            {"kind": "text", "content": "\\boxed{2}"}]}
+                {
+                    "k": 0,
+                    "temperatures": [1.1, 1.15],
+                    "blocks": [
+                        {"kind": "code", "content": "print(2)"},
+                        {"kind": "execution", "content": "2\n"},
+                        {"kind": "text", "content": "\\boxed{2}"},
+                    ],
+                }
             ],
         }
     ]

@@ -9,19 +9,34 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "config").rglob("*.yaml")
-                 if p.name != "schema.yaml")
+CONFIGS = sorted(
+    str(p.relative_to(REPO)) for p in (REPO / "config").rglob("*.yaml") if p.name != "schema.yaml"
+)
 STAGES = [
-    "problems_prepare", "benchmark_prepare", "sft_data", "model_base", "sft_train",
-    "solutions_sample", "solutions_merge", "negatives_step_controlled", "negatives_merge",
-    "pairs_build", "dpo_train", "eval_predict", "table_accuracy",
+    "problems_prepare",
+    "benchmark_prepare",
+    "sft_data",
+    "model_base",
+    "sft_train",
+    "solutions_sample",
+    "solutions_merge",
+    "negatives_step_controlled",
+    "negatives_merge",
+    "pairs_build",
+    "dpo_train",
+    "eval_predict",
+    "table_accuracy",
 ]
 
 
 def dry_run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*SNAKEMAKE, "-n", "--directory", str(cwd), "--snakefile", str(REPO / "Snakefile"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, timeout=120,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
     result.output = result.stdout
     return result

@@ -23,7 +23,9 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                raise DataError(
+                    f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
+                )
             yield record
 
 

@@ -51,7 +51,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
 
 
-def create_tiny_llama(tokenizer: PreTrainedTokenizerFast, spec: dict, seed: int) -> LlamaForCausalLM:
+def create_tiny_llama(
+    tokenizer: PreTrainedTokenizerFast, spec: dict, seed: int
+) -> LlamaForCausalLM:
     """A randomly initialised Llama sized by `spec` (hidden_size, layers, heads, ...)."""
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -54,7 +54,10 @@ def data_equal_pairs(sampled: list[dict], system: str, target: int, seed: int) -
         combos = list(itertools.product(range(len(preferred)), range(len(dispreferred))))[1:]
         random.Random(f"{seed}-{question['id']}").shuffle(combos)
         extras.append(
-            [_pair(question, system, preferred[i], dispreferred[j], "naive_extra") for i, j in combos]
+            [
+                _pair(question, system, preferred[i], dispreferred[j], "naive_extra")
+                for i, j in combos
+            ]
         )
     for round_robin in itertools.zip_longest(*extras):
         for pair in round_robin:

@@ -36,10 +36,22 @@ MODELS = ("sft", *VARIANTS)
 # --- a. problems ----------------------------------------------------------------------------------
 
 
-def prepare_problems(source: dict, solution_format: str, out_path: str) -> None:
-    problems = load_problems(source, solution_format)
-    if not problems:
-        raise ValueError(f"problem source {source} yielded no problems")
+def prepare_problems(sources: dict | list[dict], solution_format: str, out_path: str) -> None:
+    """One source or several (e.g. GSM8K and MATH train); a `tag` prefixes a source's ids."""
+    problems = []
+    for source in sources if isinstance(sources, list) else [sources]:
+        loaded = load_problems(source, solution_format)
+        if not loaded:
+            raise ValueError(f"problem source {source} yielded no problems")
+        for problem in loaded:
+            if "tag" in source:
+                problem["id"] = f"{source['tag']}:{problem['id']}"
+            if "max_sc_pairs" in source:
+                problem["max_sc_pairs"] = source["max_sc_pairs"]
+        problems += loaded
+    ids = [p["id"] for p in problems]
+    if len(set(ids)) < len(ids):
+        raise ValueError("problem ids collide across sources: give each source a distinct `tag`")
     write_jsonl(out_path, problems)
     log.info("wrote %d problems to %s", len(problems), out_path)
 
@@ -151,8 +163,14 @@ def _noise(params: dict) -> NoiseLimits:
 
 
 def sample_solutions(
-    model_dir: str, problems_path: str, shard: int, shards: int, params: dict, out_path: str,
-    resume_path: str, threads: int,
+    model_dir: str,
+    problems_path: str,
+    shard: int,
+    shards: int,
+    params: dict,
+    out_path: str,
+    resume_path: str,
+    threads: int,
 ) -> None:
     """Naive sampling of one shard of the training questions."""
     problems = shard_slice(list(read_jsonl(problems_path)), shard, shards)
@@ -165,8 +183,15 @@ def sample_solutions(
         noise=_noise(params),
     )
     stats = _generate(
-        problems, lambda p: SamplingTask(p, settings), model_dir, params, out_path, resume_path,
-        f"sampling shard {shard + 1}/{shards}", threads, solutions_per_item=sampling["round_size"],
+        problems,
+        lambda p: SamplingTask(p, settings),
+        model_dir,
+        params,
+        out_path,
+        resume_path,
+        f"sampling shard {shard + 1}/{shards}",
+        threads,
+        solutions_per_item=sampling["round_size"],
     )
     _log_sampling(out_path, stats)
 
@@ -181,7 +206,11 @@ def _log_sampling(path: str, stats: LoopStats) -> None:
     )
     log.info(
         "samples drawn %d; questions %d, with a preferred %d, with a pair %d; %.0f tokens/s",
-        drawn, len(records), preferred, both, stats.tokens_per_second(),
+        drawn,
+        len(records),
+        preferred,
+        both,
+        stats.tokens_per_second(),
     )
 
 
@@ -193,13 +222,17 @@ def schedule_from(spec: dict) -> TemperatureSchedule:
 
 
 def step_controlled_negatives(
-    model_dir: str, samples_path: str, shard: int, shards: int, params: dict, out_path: str,
-    resume_path: str, threads: int,
+    model_dir: str,
+    samples_path: str,
+    shard: int,
+    shards: int,
+    params: dict,
+    out_path: str,
+    resume_path: str,
+    threads: int,
 ) -> None:
     """Continuations from split points of each question's first preferred solution."""
-    questions = [
-        q for q in read_jsonl(samples_path) if any(s["preferred"] for s in q["samples"])
-    ]
+    questions = [q for q in read_jsonl(samples_path) if any(s["preferred"] for s in q["samples"])]
     questions = shard_slice(questions, shard, shards)
     step = params["step_control"]
     settings = StepControlSettings(
@@ -216,12 +249,22 @@ def step_controlled_negatives(
         return StepControlTask(question, [Block.from_json(b) for b in chosen["blocks"]], settings)
 
     stats = _generate(
-        questions, make_task, model_dir, params, out_path, resume_path,
-        f"step-controlled shard {shard + 1}/{shards}", threads,
+        questions,
+        make_task,
+        model_dir,
+        params,
+        out_path,
+        resume_path,
+        f"step-controlled shard {shard + 1}/{shards}",
+        threads,
     )
     negatives = sum(len(q["negatives"]) for q in read_jsonl(out_path))
-    log.info("questions %d, step-controlled negatives %d; %.0f tokens/s", len(questions), negatives,
-             stats.tokens_per_second())
+    log.info(
+        "questions %d, step-controlled negatives %d; %.0f tokens/s",
+        len(questions),
+        negatives,
+        stats.tokens_per_second(),
+    )
 
 
 def predict(
@@ -289,7 +332,9 @@ def build_pairs(
         if report["pairs_kept"] < report["pairs_in"]:
             log.warning(
                 "%s: %d pairs exceed max_length %d and were dropped (not truncated)",
-                variant, report["pairs_in"] - report["pairs_kept"], report["max_length"],
+                variant,
+                report["pairs_in"] - report["pairs_kept"],
+                report["max_length"],
             )
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
 

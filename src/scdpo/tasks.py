@@ -20,7 +20,6 @@ from scdpo.solution import (
     final_text,
     is_noisy,
     mentions_error,
-    render_blocks,
     render_prompt,
     split_points,
 )
@@ -139,7 +138,7 @@ class StepControlSettings:
 
 
 class StepControlTask:
-    """Continue the question's first preferred solution from its split points until it goes wrong."""
+    """Continue a preferred solution from its split points until a continuation goes wrong."""
 
     def __init__(self, problem: dict, chosen: list[Block], settings: StepControlSettings) -> None:
         self.problem = problem
@@ -149,6 +148,7 @@ class StepControlTask:
         splits = split_points(chosen)
         random.Random(derive_seed(settings.seed, problem["id"])).shuffle(splits)
         self.untried = splits
+        self.max_pairs = problem.get("max_sc_pairs", settings.max_pairs)
         self.tries: dict[int, int] = {}
         self.negatives: list[dict] = []
         self.active = 0
@@ -165,14 +165,14 @@ class StepControlTask:
         )
 
     def _next_split(self) -> list[Partial]:
-        if self.untried and len(self.negatives) + self.active < self.settings.max_pairs:
+        if self.untried and len(self.negatives) + self.active < self.max_pairs:
             self.active += 1
             return [self._try(self.untried.pop(0))]
         return []
 
     def start(self) -> list[Partial]:
         partials = []
-        for _ in range(self.settings.max_pairs):
+        for _ in range(self.max_pairs):
             partials += self._next_split()
         return partials
 
@@ -183,7 +183,9 @@ class StepControlTask:
         k = partial.tag["k"]
         verdict = judge(partial, self.problem["answer"], self.settings.noise)
         if verdict.dispreferred:
-            self.negatives.append({"k": k, "tries": self.tries[k], **_sample_record(partial, verdict)})
+            self.negatives.append(
+                {"k": k, "tries": self.tries[k], **_sample_record(partial, verdict)}
+            )
         elif self.tries[k] < self.settings.max_tries:
             return [self._try(k)]
         self.active -= 1
@@ -243,7 +245,3 @@ class AnswerTask:
 
 def _problem_fields(problem: dict) -> dict:
     return {"id": problem["id"], "question": problem["question"], "answer": problem["answer"]}
-
-
-def prefix_text(prompt: str, blocks: list[Block]) -> str:
-    return prompt + render_blocks(blocks)

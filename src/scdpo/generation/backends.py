@@ -179,7 +179,9 @@ class VLLMBackend:
             for r in requests
         ]
         prompts = [
-            TokensPrompt(prompt_token_ids=self.tokenizer(r.prompt, add_special_tokens=False).input_ids)
+            TokensPrompt(
+                prompt_token_ids=self.tokenizer(r.prompt, add_special_tokens=False).input_ids
+            )
             for r in requests
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scdpo.generation.backends import Backend
-from scdpo.generation.loop import Executor, LoopSettings, LoopStats, Task, progress_bar, run_frontier
+from scdpo.generation.loop import (
+    Executor,
+    LoopSettings,
+    LoopStats,
+    Task,
+    progress_bar,
+    run_frontier,
+)
 from scdpo.jsonl import append_jsonl
 
 log = logging.getLogger(__name__)

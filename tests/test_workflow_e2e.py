@@ -1,0 +1,110 @@
+"""The whole workflow on config/micro.yaml (same DAG as the default, smaller numbers)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_run import REPO, planned_jobs, snakemake
+
+from scdpo.grading import grade
+from scdpo.jsonl import read_jsonl
+from scdpo.solution import Block, final_text, render_blocks, render_prompt
+
+pytestmark = pytest.mark.slow
+MICRO = REPO / "config" / "micro.yaml"
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """One completed run of the micro config, shared by the content and re-run tests."""
+    workdir = tmp_path_factory.mktemp("micro")
+    shutil.copy(MICRO, workdir / "micro.yaml")
+    result = snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml")
+    assert result.returncode == 0, result.output[-6000:]
+    return workdir
+
+
+def test_table_has_every_model_row_and_pair_counts(micro_run):
+    import pandas as pd
+
+    table = pd.read_csv(micro_run / "results" / "accuracy.csv")
+    assert list(table["model"]) == ["SFT", "DPO", "DPO (data-equal)", "SCDPO"]
+    assert table["synthetic_test"].between(0, 100).all()
+    counts = table.set_index("model")
+    assert counts.loc["SCDPO", "step-controlled pairs"] > 0
+    assert counts.loc["DPO", "step-controlled pairs"] == 0
+    assert "| SCDPO" in (micro_run / "results" / "accuracy.md").read_text()
+
+
+def test_predictions_record_solution_answer_and_verdict(micro_run):
+    path = micro_run / "results/micro/predictions/scdpo/synthetic_test.jsonl"
+    records = list(read_jsonl(path))
+    assert len(records) == 30
+    for record in records:
+        assert {"question", "answer", "blocks", "extracted", "correct"} <= record.keys()
+        blocks = [Block.from_json(b) for b in record["blocks"]]
+        if record["finished"]:
+            assert record["correct"] == grade(final_text(blocks), record["answer"])
+
+
+def test_step_controlled_pairs_share_the_prefix_and_differ_in_correctness(micro_run):
+    negatives = {
+        q["id"]: q for q in read_jsonl(micro_run / "results/micro/step_control/negatives.jsonl")
+    }
+    pairs_dir = micro_run / "results/micro/pairs/scdpo"
+    pairs = [p for name in ("train.jsonl", "eval.jsonl") for p in read_jsonl(pairs_dir / name)]
+    sc_pairs = [p for p in pairs if p["kind"] == "step_controlled"]
+    assert sc_pairs
+    system = yaml.safe_load(MICRO.read_text())["experiments"]["micro"]["system_prompt"]
+    for pair in sc_pairs:
+        question = negatives[pair["id"]]
+        chosen = [Block.from_json(b) for b in question["chosen"]]
+        k = pair["k"]
+        assert pair["prompt"] == render_prompt(question["question"], system) + render_blocks(
+            chosen[: k + 1]
+        )
+        # The chosen suffix completes the preferred solution: right; the rejected one: wrong.
+        assert grade(pair["chosen"], question["answer"])
+        assert not grade(pair["rejected"], question["answer"])
+        assert pair["chosen"] != pair["rejected"]
+        assert len(pair["temperatures"]) >= 1 and pair["temperatures"][0] == pytest.approx(1.1)
+
+
+def test_sampled_labels_follow_the_method(micro_run):
+    sampled = list(read_jsonl(micro_run / "results/micro/sampling/samples.jsonl"))
+    assert len(sampled) == 40
+    for question in sampled:
+        for sample in question["samples"]:
+            blocks = [Block.from_json(b) for b in sample["blocks"]]
+            right = sample["finished"] and grade(final_text(blocks), question["answer"])
+            assert sample["correct"] == right
+            assert not (sample["preferred"] and sample["dispreferred"])
+            assert set(sample["temperatures"]) == {1.0}
+    summary = json.loads((micro_run / "results/micro/pairs/summary.json").read_text())
+    assert summary["dpo"]["by_kind"] == {"naive": summary["dpo"]["pairs_kept"]}
+
+
+def _changed_config(run: Path, edit) -> str:
+    config = yaml.safe_load((run / "micro.yaml").read_text())
+    edit(config)
+    (run / "changed.yaml").write_text(yaml.safe_dump(config))
+    return "changed.yaml"
+
+
+def test_no_op_rerun_plans_nothing(micro_run):
+    result = snakemake(micro_run, "-n", "--configfile", "micro.yaml")
+    assert result.returncode == 0, result.output[-3000:]
+    assert planned_jobs(result.output) == {}
+
+
+def test_changing_dpo_beta_reruns_only_the_dpo_trainings_and_what_follows(micro_run):
+    changed = _changed_config(
+        micro_run, lambda c: c["experiments"]["micro"]["dpo"].update(beta=0.3)
+    )
+    result = snakemake(micro_run, "-n", "--configfile", changed)
+    assert result.returncode == 0, result.output[-3000:]
+    assert planned_jobs(result.output) == {"dpo_train": 3, "eval_predict": 3, "table_accuracy": 1}
