@@ -150,7 +150,22 @@ def all_predictions(wildcards=None):
 
 
 def all_pair_summaries(wildcards=None):
-    return [f"results/{exp}/pairs/summary.json" for exp in EXPERIMENTS]
+    return [
+        f"results/{exp}/pairs/{variant}/summary.json"
+        for exp in EXPERIMENTS
+        for variant in VARIANTS
+    ]
+
+
+def pairs_inputs(wildcards):
+    """Plain DPO needs only the naive samples; the other variants also the SC negatives."""
+    inputs = {
+        "samples": f"results/{wildcards.exp}/sampling/samples.jsonl",
+        "model": sft_model(wildcards),
+    }
+    if wildcards.variant != "dpo":
+        inputs["negatives"] = f"results/{wildcards.exp}/step_control/negatives.jsonl"
+    return inputs
 
 
 def solution_format(wildcards):

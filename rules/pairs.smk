@@ -1,15 +1,13 @@
 rule pairs_build:
-    """f, h. D_naive, its data-equal expansion and SCDPO's mix, each with a held-out split."""
+    """f, h. One variant's pairs: D_naive (dpo), its data-equal expansion, or SCDPO's mix."""
     input:
-        samples="results/{exp}/sampling/samples.jsonl",
-        negatives="results/{exp}/step_control/negatives.jsonl",
-        model=sft_model,
+        unpack(pairs_inputs),
     output:
-        summary="results/{exp}/pairs/summary.json",
-        train=expand("results/{{exp}}/pairs/{variant}/train.jsonl", variant=VARIANTS),
-        eval=expand("results/{{exp}}/pairs/{variant}/eval.jsonl", variant=VARIANTS),
+        summary="results/{exp}/pairs/{variant}/summary.json",
+        train="results/{exp}/pairs/{variant}/train.jsonl",
+        eval="results/{exp}/pairs/{variant}/eval.jsonl",
     log:
-        "logs/pairs_build/{exp}.log",
+        "logs/pairs_build/{exp}/{variant}.log",
     conda:
         "../envs/data.yaml"
     threads: 1

@@ -66,10 +66,10 @@ class WorkflowUnderTest:
 
 WORKFLOWS = [
     WorkflowUnderTest("toy", REPO / "tests" / "slurm_toy"),
-    # The real pipeline, once its micro config exists:
-    # WorkflowUnderTest(
-    #     "micro", REPO, extra_args=("--configfile", "config/micro.yaml"), timeout_s=900
-    # ),
+    # The real pipeline: every stage of config/micro.yaml as a SLURM job.
+    WorkflowUnderTest(
+        "micro", REPO, extra_args=("--configfile", "config/micro.yaml"), timeout_s=1200
+    ),
 ]
 
 # Test-only options on top of the profile (the command line wins over it per key).

@@ -84,8 +84,8 @@ def test_sampled_labels_follow_the_method(micro_run):
             assert sample["correct"] == right
             assert not (sample["preferred"] and sample["dispreferred"])
             assert set(sample["temperatures"]) == {1.0}
-    summary = json.loads((micro_run / "results/micro/pairs/summary.json").read_text())
-    assert summary["dpo"]["by_kind"] == {"naive": summary["dpo"]["pairs_kept"]}
+    summary = json.loads((micro_run / "results/micro/pairs/dpo/summary.json").read_text())
+    assert summary["by_kind"] == {"naive": summary["pairs_kept"]}
 
 
 def _changed_config(run: Path, edit) -> str:
@@ -108,3 +108,77 @@ def test_changing_dpo_beta_reruns_only_the_dpo_trainings_and_what_follows(micro_
     result = snakemake(micro_run, "-n", "--configfile", changed)
     assert result.returncode == 0, result.output[-3000:]
     assert planned_jobs(result.output) == {"dpo_train": 3, "eval_predict": 3, "table_accuracy": 1}
+
+
+# A changed key -> exactly the jobs it must re-run (micro: 2 shards each, one benchmark).
+RERUN_MATRIX = {
+    "sc_schedule": (
+        lambda e: e["step_control"].update(schedule="released_code"),
+        {
+            "negatives_step_controlled": 2,
+            "negatives_merge": 1,
+            "pairs_build": 2,
+            "dpo_train": 2,
+            "eval_predict": 2,
+            "table_accuracy": 1,
+        },
+    ),
+    "dpo_max_length": (
+        lambda e: e["dpo"].update(max_length=512),
+        {"pairs_build": 3, "dpo_train": 3, "eval_predict": 3, "table_accuracy": 1},
+    ),
+    "sampling_k": (
+        lambda e: e["sampling"].update(max_samples=12),
+        {
+            "solutions_sample": 2,
+            "solutions_merge": 1,
+            "negatives_step_controlled": 2,
+            "negatives_merge": 1,
+            "pairs_build": 3,
+            "dpo_train": 3,
+            "eval_predict": 3,
+            "table_accuracy": 1,
+        },
+    ),
+    "sft_learning_rate": (
+        lambda e: e["sft"].update(learning_rate=1.0e-3),
+        {
+            "sft_train": 1,
+            "solutions_sample": 2,
+            "solutions_merge": 1,
+            "negatives_step_controlled": 2,
+            "negatives_merge": 1,
+            "pairs_build": 3,
+            "dpo_train": 3,
+            "eval_predict": 4,
+            "table_accuracy": 1,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(RERUN_MATRIX))
+def test_rerun_matrix(micro_run, change):
+    edit, expected = RERUN_MATRIX[change]
+    changed = _changed_config(micro_run, lambda c: edit(c["experiments"]["micro"]))
+    result = snakemake(micro_run, "-n", "--configfile", changed)
+    assert result.returncode == 0, result.output[-3000:]
+    assert planned_jobs(result.output) == expected
+
+
+def test_a_new_benchmark_adds_only_its_evaluations_and_the_table(micro_run):
+    def add_benchmark(config):
+        config["benchmarks"]["synthetic_hard"] = {
+            "source": "synthetic",
+            "n": 10,
+            "seed": 9,
+            "max_ops": 3,
+            "offset": 2_000_000,
+        }
+        config["experiments"]["micro"]["benchmarks"].append("synthetic_hard")
+
+    changed = _changed_config(micro_run, add_benchmark)
+    result = snakemake(micro_run, "-n", "--configfile", changed)
+    assert result.returncode == 0, result.output[-3000:]
+    expected = {"benchmark_prepare": 1, "eval_predict": 4, "table_accuracy": 1}
+    assert planned_jobs(result.output) == expected

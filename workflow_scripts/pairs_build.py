@@ -7,8 +7,9 @@ to_log(snakemake.log[0])
 from scdpo.pipeline import build_pairs
 
 build_pairs(
+    snakemake.wildcards.variant,
     snakemake.input.samples,
-    snakemake.input.negatives,
+    snakemake.input.get("negatives"),
     snakemake.input.model,
     snakemake.params.pairs,
     str(Path(snakemake.output.summary).parent),

@@ -10,5 +10,6 @@ from scdpo.pipeline import accuracy_table
 predictions = {
     (Path(p).parts[-4], Path(p).parts[-2], Path(p).stem): p for p in snakemake.input.predictions
 }
-summaries = {Path(p).parts[-3]: p for p in snakemake.input.pairs}
+# results/{exp}/pairs/{variant}/summary.json
+summaries = {(Path(p).parts[-4], Path(p).parts[-2]): p for p in snakemake.input.pairs}
 accuracy_table(predictions, summaries, snakemake.output.csv, snakemake.output.md)

@@ -291,52 +291,58 @@ def merge_shards(shard_paths: list[str], out_path: str) -> None:
 
 
 def build_pairs(
+    variant: str,
     samples_path: str,
-    negatives_path: str,
+    negatives_path: str | None,
     model_dir: str,
     params: dict,
     out_dir: str,
 ) -> None:
-    """The three DPO datasets, each with its held-out split and a length report."""
+    """One DPO dataset (dpo, dpo_data_equal or scdpo) with its held-out split and length report.
+
+    Plain DPO reads only the naive samples, so changing step-controlled generation leaves it be.
+    """
     from transformers import AutoTokenizer
 
     system, seed = params["system_prompt"], params["seed"]
     sampled = list(read_jsonl(samples_path))
     naive = pair_sets.naive_pairs(sampled, system)
-    sc = pair_sets.step_controlled_pairs(list(read_jsonl(negatives_path)), system)
-    variants = {
-        "dpo": naive,
-        "dpo_data_equal": pair_sets.data_equal_pairs(sampled, system, len(naive) + len(sc), seed),
-        "scdpo": pair_sets.mix(naive, sc, seed=seed),
-    }
+    sc = []
+    if variant != "dpo":
+        sc = pair_sets.step_controlled_pairs(list(read_jsonl(negatives_path)), system)
+    pairs = {
+        "dpo": lambda: naive,
+        "dpo_data_equal": lambda: pair_sets.data_equal_pairs(
+            sampled, system, len(naive) + len(sc), seed
+        ),
+        "scdpo": lambda: pair_sets.mix(naive, sc, seed=seed),
+    }[variant]()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
-    summary = {}
-    for variant, pairs in variants.items():
-        kept, report = pair_sets.length_report(pairs, count, params["dpo"]["max_length"])
-        train, held_out = pair_sets.split_eval(kept, params["pairs"]["eval_fraction"], seed)
-        if not train:
-            raise ValueError(f"{variant}: no training pairs left (report: {report})")
-        write_jsonl(Path(out_dir) / variant / "train.jsonl", train)
-        write_jsonl(Path(out_dir) / variant / "eval.jsonl", held_out)
-        summary[variant] = {
-            **report,
-            "train": len(train),
-            "eval": len(held_out),
-            "by_kind": pair_sets.counts_by_kind(kept),
-        }
-        log.info("%s: %s", variant, json.dumps(summary[variant]))
-        if report["pairs_kept"] < report["pairs_in"]:
-            log.warning(
-                "%s: %d pairs exceed max_length %d and were dropped (not truncated)",
-                variant,
-                report["pairs_in"] - report["pairs_kept"],
-                report["max_length"],
-            )
+    kept, report = pair_sets.length_report(pairs, count, params["dpo"]["max_length"])
+    train, held_out = pair_sets.split_eval(kept, params["pairs"]["eval_fraction"], seed)
+    if not train:
+        raise ValueError(f"{variant}: no training pairs left (report: {report})")
+    write_jsonl(Path(out_dir) / "train.jsonl", train)
+    write_jsonl(Path(out_dir) / "eval.jsonl", held_out)
+    summary = {
+        **report,
+        "train": len(train),
+        "eval": len(held_out),
+        "by_kind": pair_sets.counts_by_kind(kept),
+    }
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("%s: %s", variant, json.dumps(summary))
+    if report["pairs_kept"] < report["pairs_in"]:
+        log.warning(
+            "%s: %d pairs exceed max_length %d and were dropped (not truncated)",
+            variant,
+            report["pairs_in"] - report["pairs_kept"],
+            report["max_length"],
+        )
 
 
 # --- k. table -------------------------------------------------------------------------------------
@@ -346,7 +352,7 @@ def accuracy_table(prediction_paths: dict, pair_summaries: dict, out_csv: str, o
     """Paper Table 1's shape: a row per (experiment, model), a column per benchmark, pair counts.
 
     `prediction_paths` maps (experiment, model, benchmark) -> predictions JSONL;
-    `pair_summaries` maps experiment -> pairs summary.json path.
+    `pair_summaries` maps (experiment, variant) -> that variant's pairs summary.json.
     """
     import pandas as pd
 
@@ -356,14 +362,13 @@ def accuracy_table(prediction_paths: dict, pair_summaries: dict, out_csv: str, o
         row = rows.setdefault((experiment, model), {"experiment": experiment, "model": model})
         row[benchmark] = round(100 * sum(r["correct"] for r in records) / len(records), 1)
         row[f"{benchmark} n"] = len(records)
-    for experiment, path in pair_summaries.items():
+    for (experiment, variant), path in pair_summaries.items():
         summary = json.loads(Path(path).read_text())
-        for variant in VARIANTS:
-            kinds = summary[variant]["by_kind"]
-            row = rows[(experiment, variant)]
-            row["pairs"] = summary[variant]["train"] + summary[variant]["eval"]
-            row["naive pairs"] = kinds.get("naive", 0) + kinds.get("naive_extra", 0)
-            row["step-controlled pairs"] = kinds.get("step_controlled", 0)
+        kinds = summary["by_kind"]
+        row = rows[(experiment, variant)]
+        row["pairs"] = summary["train"] + summary["eval"]
+        row["naive pairs"] = kinds.get("naive", 0) + kinds.get("naive_extra", 0)
+        row["step-controlled pairs"] = kinds.get("step_controlled", 0)
     order = {name: i for i, name in enumerate(MODELS)}
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: (r["experiment"], order[r["model"]])))
     table["model"] = table["model"].map(MODEL_LABELS)

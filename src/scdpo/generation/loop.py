@@ -100,6 +100,9 @@ def run_frontier(
     """Drive every task to completion; returns throughput statistics."""
     stats = LoopStats()
     tasks = list(tasks)
+    reset = getattr(backend, "reset", None)
+    if reset is not None:
+        reset()  # cached state from an earlier run must not shape this one's samples
     ready: list[Partial] = [p for task in tasks for p in task.start()]
     executing: list[tuple[Partial, Future[list[str]]]] = []
     while ready or executing:
@@ -112,7 +115,7 @@ def run_frontier(
             continue
         finished_code = executing
         executing = []
-        for partial in _extend(batch, backend, settings, stats):
+        for partial in extend(batch, backend, settings, stats):
             if partial.finished or partial.truncated:
                 stats.solutions += 1
                 new = partial.task.retire(partial)
@@ -120,13 +123,18 @@ def run_frontier(
                 if progress:
                     progress(1)
             elif partial.blocks[-1].kind == "code":
-                code = [b.content for b in partial.blocks if b.kind == "code"]
-                executing.append((partial, executor.submit(code)))
+                executing.append((partial, execute(partial, executor)))
             else:
                 ready.append(partial)
         # Code submitted a round ago ran while the model worked; it rejoins now.
         ready += _collect_executions(finished_code, stats)
     return stats
+
+
+def execute(partial: Partial, executor: Executor) -> Future[list[str]]:
+    """Run the solution's code blocks (all of them: a fresh process replays the earlier cells, so
+    later blocks see their variables); the last output becomes the next execution block."""
+    return executor.submit([b.content for b in partial.blocks if b.kind == "code"])
 
 
 def _collect_executions(executing, stats: LoopStats) -> list[Partial]:
@@ -139,7 +147,7 @@ def _collect_executions(executing, stats: LoopStats) -> list[Partial]:
     return rejoining
 
 
-def _extend(
+def extend(
     batch: list[Partial], backend: Backend, settings: LoopSettings, stats: LoopStats
 ) -> list[Partial]:
     """One model call for the whole batch; each partial gains one block (or is retired)."""
