@@ -5,6 +5,7 @@ The workflow scripts are thin wrappers around these; tests call them directly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,9 @@ def prepare_problems(sources: dict | list[dict], solution_format: str, out_path:
     problems = []
     for source in sources if isinstance(sources, list) else [sources]:
         loaded = load_problems(source, solution_format)
+        if source["source"] == "jsonl":
+            digest = hashlib.sha256(Path(source["path"]).read_bytes()).hexdigest()
+            log.info("%s: sha256 %s, %d problems", source["path"], digest, len(loaded))
         if not loaded:
             raise ValueError(f"problem source {source} yielded no problems")
         for problem in loaded:
