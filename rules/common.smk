@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 from snakemake.utils import min_version, validate
 
@@ -14,6 +15,17 @@ if not config:
 
 
 validate(config, schema="../config/schema.yaml")
+
+
+envvars:
+    "PATH",
+
+
+# Shell rules run `python`: without conda that must be the interpreter running Snakemake (the
+# project's .venv), not whichever `python` the user's PATH finds first.
+os.environ["PATH"] = os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ["PATH"]]
+)
 
 # The training CLI, relative to the working directory so that provenance does not change when the
 # checkout moves; `python` or `accelerate launch` runs it.
@@ -182,3 +194,105 @@ def model_spec(wildcards):
 
 def eval_params(wildcards):
     return generation_params(wildcards)
+
+
+# --- report -----------------------------------------------------------------------------------------
+# config["report"] carries the schema's defaults (validate fills them), so every key is present.
+
+PILOT = config["report"]["pilot"]
+
+for _name in PILOT.get("experiments", []):
+    if _name not in config["experiments"]:
+        raise ValueError(f"report.pilot.experiments: '{_name}' is not an experiment")
+for _name in PILOT.get("benchmarks", []):
+    if _name not in config["benchmarks"]:
+        raise ValueError(
+            f"report.pilot.benchmarks: '{_name}' is not a key of 'benchmarks'"
+        )
+
+
+def pilot_experiments():
+    return PILOT.get("experiments", EXPERIMENTS)
+
+
+def pilot_benchmarks(exp):
+    """The configured pilot benchmarks, else the experiment's first benchmark."""
+    return PILOT.get("benchmarks") or config["experiments"][exp]["benchmarks"][:1]
+
+
+def pilot_temperatures():
+    # The {temperature} wildcard: 0.0 -> "0", 1.25 -> "1.25" (scdpo.report.temperature_name).
+    return [format(float(t), "g") for t in PILOT["temperatures"]]
+
+
+def pilot_predictions(wildcards):
+    return [
+        f"results/{wildcards.exp}/pilot/{benchmark}/t{temperature}.jsonl"
+        for benchmark in pilot_benchmarks(wildcards.exp)
+        for temperature in pilot_temperatures()
+    ]
+
+
+def pilot_generation_params(wildcards):
+    """Evaluation's generation settings at the wildcard's fixed temperature."""
+    return {**generation_params(wildcards), "temperature": float(wildcards.temperature)}
+
+
+def statistics_params(wildcards=None):
+    return {
+        "confidence": config["report"]["confidence"],
+        "n_boot": config["report"]["bootstrap_samples"],
+        "seed": config["report"]["seed"],
+    }
+
+
+def all_pair_files(wildcards=None):
+    return [
+        f"results/{exp}/pairs/{variant}/{split}.jsonl"
+        for exp in EXPERIMENTS
+        for variant in VARIANTS
+        for split in ("train", "eval")
+    ]
+
+
+def credit_models(wildcards):
+    """The SFT reference and the three DPO-trained models of one experiment."""
+    models = {"reference": sft_model(wildcards)}
+    for variant in VARIANTS:
+        models[variant] = f"results/{wildcards.exp}/models/{variant}"
+    return models
+
+
+def credit_params(wildcards):
+    return {"beta": exp_config(wildcards)["dpo"]["beta"], **config["report"]["credit"]}
+
+
+def rule_gpus(wildcards=None):
+    """GPUs per job of every rule (its gpu resource after the profile's set-resources), in
+    workflow order, so the cost table can turn wall hours into GPU-hours."""
+    gpus = {}
+    for each in workflow.rules:
+        resource = each.resources.get("gpu")
+        # A resource given as a function of the job has no value here; count it as 0.
+        value = None if resource.is_evaluable() else resource.value
+        gpus[each.name] = value if isinstance(value, (int, float)) else 0
+    return gpus
+
+
+def report_outputs(wildcards=None):
+    """Everything the report shows except the cost table (which waits for all of it)."""
+    outputs = [
+        "results/tables/accuracy_ci.html",
+        *[f"results/{exp}/report/pilot.png" for exp in pilot_experiments()],
+    ]
+    for exp in EXPERIMENTS:
+        outputs += [
+            f"results/{exp}/report/data_stats.html",
+            f"results/{exp}/report/localisation.html",
+            f"results/{exp}/report/credit",
+        ]
+    return outputs
+
+
+def cost_inputs(wildcards=None):
+    return all_predictions() + report_outputs()
