@@ -1,22 +1,31 @@
 """Generation backends: "continue these partial solutions by one block".
 
-One interface, two engines: vLLM on GPU (prefix caching, tensor parallelism) and transformers on
-CPU or small GPUs (batched, left-padded, KV cache). Each request carries its own temperature and
-seed, so a sample does not depend on which other requests shared its batch.
+Every engine takes `Request(prompt, temperature, seed)` and returns `Completion(text, stop,
+tokens)`: the next block, up to `<|endofblock|>` or `<|endofmessage|>` (not included), or up to
+`max_new_tokens`. Each request carries its own temperature and seed, so a sample does not depend
+on which other requests shared its batch.
+
+Two interfaces (see docs/generation.md):
+- rounds: `generate(requests, max_new_tokens) -> completions`, one batched call (`VLLMBackend`,
+  test fakes);
+- streaming: `add(key, request, max_new_tokens)` and `step() -> [(key, completion)]`, one decoding
+  step at a time, so the frontier loop refills a row the moment its block ends
+  (`TransformersBackend`, which also offers `generate`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from transformers.cache_utils import DynamicCache
 
-from scdpo.generation.kv import Entry, PrefixCache, slab_cache
-from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE
+from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE, MARKERS
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +50,49 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
-class TransformersBackend:
-    """Hugging Face transformers, batched, with key/value state kept between calls.
+@dataclass
+class _Row:
+    """One request inside the transformers engine."""
 
-    Each call: tokenise the prompts; find each one's longest prefix in the prefix cache; encode
-    the rest (identical prompts once: the samples of one question share their prompt); then decode
-    all rows together, one token per step, writing keys/values in place and dropping finished rows
-    as the batch thins. Each row samples with its own seeded generator (Gumbel-max on its own
-    logits), so its tokens do not depend on which other rows shared the batch.
+    key: Hashable
+    ids: list[int]  # the prompt's tokens
+    temperature: float
+    generator: torch.Generator
+    max_new_tokens: int
+    length: int = 0  # tokens whose keys/values are in the row's slot
+    generated: list[int] = field(default_factory=list)
+    found: tuple | None = None  # prefix-cache lookup: (entry or None, tokens matched)
+    # The prompt but its last token: what must be in the slot before decoding starts.
+    prefix: tuple[int, ...] = ()
+
+    def next_input(self) -> int:
+        return self.generated[-1] if self.generated else self.ids[-1]
+
+
+def _kv():
+    """The key/value machinery (imports transformers: only when the engine is made)."""
+    from scdpo.generation import kv
+
+    return kv
+
+
+class TransformersBackend:
+    """Hugging Face transformers as a streaming engine with a prefix cache.
+
+    `add(key, request, max_new_tokens)` queues a request; each `step()` admits queued requests
+    into free slots of a fixed-size batch, decodes one token for every row, and returns the rows
+    whose block ended, in slot order. So a row that stops early frees its slot for the next
+    request at once (continuous batching) instead of idling until the round's slowest row ends.
+
+    Admission takes each prompt's longest prefix from the prefix cache (the previous call of the
+    same solution, or the shared prompt of the question's other samples) and encodes only the
+    rest; identical prompts are encoded once. Rows sit left-aligned in preallocated key/value
+    tensors and write each new token in place. Each row samples with its own seeded generator
+    (Gumbel-max on its own logits), so its tokens do not depend on which rows shared the batch,
+    up to floating-point rounding; the admission order, and so the batch, depends only on the
+    order of `add` calls, so a run is reproducible.
+
+    `generate` (the round interface) is `add` for every request, then `step` until all are done.
     """
 
     def __init__(
@@ -58,9 +102,11 @@ class TransformersBackend:
         batch_size: int = 64,
         kv_cache_mb: float = 2048,
         prefill_tokens: int = 8192,
+        prefill_every: int = 4,
     ) -> None:
         from scdpo.modeling import load
 
+        self.kv = kv = _kv()
         self.model, self.tokenizer = load(model_path, device)
         self.model.eval()
         if self.model.config._attn_implementation not in ("sdpa", "eager"):
@@ -77,169 +123,311 @@ class TransformersBackend:
             self.pad_id = self.tokenizer.eos_token_id
         self.shapes = self._kv_shapes()
         per_token = sum(2 * heads * dim * dtype.itemsize for heads, dim, dtype in self.shapes)
-        self.cache = PrefixCache(max(1, int(kv_cache_mb * 2**20 / per_token)))
+        self.cache = kv.PrefixCache(max(1, int(kv_cache_mb * 2**20 / per_token)))
         self._encoded: dict[str, list[int]] = {}
+        self._pieces: dict[str, list[int]] = {}
+        vocab = self.tokenizer.get_vocab()
+        self._marker_ids = {m: vocab[m] for m in MARKERS if m in vocab}
+        self._marker_split = re.compile("(" + "|".join(map(re.escape, self._marker_ids)) + ")")
+        self._by_pieces, self._checks_left = True, 32
+        self.pending: deque[_Row] = deque()
+        self.rows: list[_Row] = []  # row i lives in slot i
+        self.slab = None  # a transformers Cache of RowSlabLayers, one slot per row
+        self.capacity = 0
         self.prefill_computed = 0  # prompt tokens encoded by the model
         self.prefill_reused = 0  # prompt tokens taken from the prefix cache
+        self.prefill_every = prefill_every
+        self.steps = 0
 
     @torch.no_grad()
     def _kv_shapes(self) -> list[tuple[int, int, torch.dtype]]:
         """(heads, dim, dtype) of each layer's keys, read off a one-token forward."""
+        from transformers.cache_utils import DynamicCache
+
         probe = DynamicCache()
-        self.model(input_ids=torch.tensor([[self.pad_id]], device=self.device), cache=probe,
-                   use_cache=True)
-        return [(layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype) for layer in probe.layers]
+        pad = torch.tensor([[self.pad_id]], device=self.device)
+        self.model(input_ids=pad, cache=probe, use_cache=True)
+        return [
+            (layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype)
+            for layer in probe.layers
+        ]
 
     def reset(self) -> None:
-        """Forget cached prefixes: the frontier loop calls this at the start of every run, so a
-        run's results never depend on what an earlier run left behind."""
+        """Forget cached prefixes and counters: the frontier loop calls this at the start of every
+        run, so a run's results never depend on what an earlier run left behind."""
+        if self.pending or self.rows:
+            raise RuntimeError("reset() while requests are in flight")
         self.cache.clear()
         self._encoded.clear()
+        self._pieces.clear()
+        # The slab is kept: columns beyond a row's length are never attended to.
+        self.prefill_computed = self.prefill_reused = self.steps = 0
+
+    # --- tokens ---------------------------------------------------------------------------------
 
     def _encode(self, text: str) -> list[int]:
+        """Token ids of `text`, tokenising only the pieces between marker tokens not seen before.
+
+        The marker tokens are special tokens, which the tokenizer splits off before anything
+        else, so a text's ids are its pieces' ids joined; the frontier's prompts share most pieces
+        (system prompt, question, earlier blocks). The first texts are also tokenised whole and
+        compared: a tokenizer for which this does not hold is used whole from then on.
+        """
         ids = self._encoded.get(text)
-        if ids is None:
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
-            self._encoded[text] = ids
+        if ids is not None:
+            return ids
+        if self._by_pieces:
+            ids = []
+            for piece in self._marker_split.split(text):
+                marker = self._marker_ids.get(piece)
+                if marker is not None:
+                    ids.append(marker)
+                elif piece:
+                    known = self._pieces.get(piece)
+                    if known is None:
+                        known = self._pieces[piece] = self._tokenize(piece)
+                    ids += known
+            if self._checks_left:
+                self._checks_left -= 1
+                whole = self._tokenize(text)
+                if whole != ids:
+                    log.warning("tokenising between marker tokens differs: tokenising whole texts")
+                    self._by_pieces, ids = False, whole
+        else:
+            ids = self._tokenize(text)
+        self._encoded[text] = ids  # for the `add` that follows `count_tokens`
         return ids
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
+    # --- the round interface --------------------------------------------------------------------
+
     def generate(self, requests: list[Request], max_new_tokens: int) -> list[Completion]:
-        ids = [self._encode(r.prompt) for r in requests]
-        self._encoded.clear()
-        if any(not row for row in ids):
+        if self.pending or self.rows:
+            raise RuntimeError("generate() while streamed requests are in flight")
+        for index, request in enumerate(requests):
+            self.add(index, request, max_new_tokens)
+        results: dict[Hashable, Completion] = {}
+        while len(results) < len(requests):
+            results.update(self.step())
+        return [results[index] for index in range(len(requests))]
+
+    # --- the streaming interface ----------------------------------------------------------------
+
+    def add(self, key: Hashable, request: Request, max_new_tokens: int) -> None:
+        ids = self._encode(request.prompt)
+        self._encoded.pop(request.prompt, None)
+        if not ids:
             raise ValueError("empty prompt")
-        # Similar lengths side by side waste less padding; the order is restored below.
-        order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
-        restored: list[Completion] = [None] * len(requests)  # type: ignore[list-item]
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            completions = self._generate_batch(
-                [requests[i] for i in batch], [ids[i] for i in batch], max_new_tokens
-            )
-            for index, completion in zip(batch, completions, strict=True):
-                restored[index] = completion
-        return restored
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(request.seed)
+        row = _Row(key, ids, request.temperature, generator, max_new_tokens)
+        row.prefix = tuple(ids[:-1])
+        self.pending.append(row)
 
-    # --- prefill: the prompt tokens not in the cache, each distinct prompt once ------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.rows)
 
-    def _prefixes(self, ids: list[list[int]]) -> list[Entry | None]:
-        """Per row, a cache entry holding all of its prompt but the last token (None: empty)."""
-        wanted: dict[tuple[int, ...], tuple[Entry | None, int]] = {}
-        for row in ids:
-            key = tuple(row[:-1])
-            if key not in wanted:
-                wanted[key] = self.cache.lookup(row, len(row) - 1)
-        todo = [key for key, (_, length) in wanted.items() if length < len(key)]
-        self.prefill_reused += sum(length for _, length in wanted.values())
-        todo.sort(key=lambda key: len(key) - wanted[key][1])
-        group: list[tuple[int, ...]] = []
-        for key in todo:
-            new = len(key) - wanted[key][1]
-            if group and (len(group) + 1) * max(new, len(group[-1]) - wanted[group[-1]][1]) > (
-                self.prefill_tokens
-            ):
-                self._prefill(group, wanted)
-                group = []
-            group.append(key)
-        if group:
-            self._prefill(group, wanted)
-        return [wanted[tuple(row[:-1])][0] if len(row) > 1 else None for row in ids]
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Hashable, Completion]]:
+        """Admit what fits, decode one token for every row, return the rows that ended."""
+        self._admit()
+        if not self.rows:
+            return []
+        lengths = torch.tensor([row.length for row in self.rows])
+        width = int(lengths.max()) + 1
+        for layer in self.slab.layers:
+            layer.point(0, lengths.to(self.device), width)
+        allowed = torch.arange(width)[None, :] <= lengths[:, None]
+        logits = self.model(
+            input_ids=torch.tensor([[row.next_input()] for row in self.rows], device=self.device),
+            position_ids=lengths[:, None].to(self.device),
+            attention_mask=self._mask(allowed[:, None, None, :]),
+            cache=self.slab,
+            use_cache=True,
+        ).logits[:, -1]
+        temperatures = torch.tensor([row.temperature for row in self.rows], dtype=torch.float32)
+        tokens = self._sample(logits, temperatures, [row.generator for row in self.rows])
+        self.steps += 1
+        finished, ended = [], []
+        for slot, (row, token) in enumerate(zip(self.rows, tokens.tolist(), strict=True)):
+            row.length += 1
+            row.generated.append(token)
+            stop = self.stop_ids.get(token)
+            if stop is None and token != self.pad_id and len(row.generated) < row.max_new_tokens:
+                continue
+            finished.append((row.key, self._completion(row.generated, stop)))
+            ended.append(slot)
+            if stop == END_OF_BLOCK:  # the solution goes on: keep its state for its next call
+                tokens_held = (row.ids + row.generated)[: row.length]
+                self.cache.insert(tokens_held, self._slot_kv(slot, row.length))
+        self._release(ended)
+        return finished
 
-    @torch.no_grad()
-    def _prefill(self, keys: list[tuple[int, ...]], wanted: dict) -> None:
-        cached = [wanted[key][1] for key in keys]
-        new = [len(key) - length for key, length in zip(keys, cached, strict=True)]
+    # --- admission ---------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Move queued requests into free slots with their prompts' keys/values in place.
+
+        Each prompt's longest cached prefix is copied into its slot and only the rest is encoded,
+        in the slot itself. A prompt that another admitted row also has (the samples of one
+        question start from the same prompt) is encoded once and copied.
+        """
+        free = self.batch_size - len(self.rows)
+        if not self.pending or free <= 0:
+            return
+        # A forward that only encodes a few short prompt tails costs nearly as much as a full
+        # one: unless the batch would otherwise idle, rows that need encoding wait for the next
+        # `prefill_every`-th step and go in together. Rows fully cached join at once.
+        encode_now = not self.rows or self.steps % self.prefill_every == 0
+        admitted, deferred = [], []
+        found: dict[tuple[int, ...], tuple] = {}
+        while self.pending and len(admitted) < free:
+            row = self.pending.popleft()
+            key = row.prefix
+            if key not in found:
+                # A waiting row keeps its lookup; one still short is looked up again when it
+                # is about to be encoded (a batch-mate may have encoded the same prompt since).
+                if row.found is None or (encode_now and row.found[1] < len(key)):
+                    row.found = self.cache.lookup(row.ids, len(key))
+                found[key] = row.found
+            if encode_now or found[key][1] == len(key):
+                admitted.append(row)
+            else:
+                deferred.append(row)
+        self.pending.extendleft(reversed(deferred))
+        if not admitted:
+            return
+        # Slot order: the rows to encode first (one per distinct prompt), then the rest.
+        first_of: dict[tuple[int, ...], _Row] = {}
+        for row in admitted:
+            first_of.setdefault(row.prefix, row)
+        leaders = [key for key in first_of if found[key][1] < len(key)]
+        leaders.sort(key=lambda key: len(key) - found[key][1])  # similar widths side by side
+        encode = [first_of[key] for key in leaders]
+        chosen = {id(row) for row in encode}
+        order = encode + [row for row in admitted if id(row) not in chosen]
+        base = len(self.rows)
+        widest = max(len(row.ids) for row in admitted)
+        self._ensure_capacity(
+            max([widest + row.max_new_tokens for row in admitted]
+                + [row.length + row.max_new_tokens for row in self.rows])
+        )
+        for row in order:
+            entry, length = found[row.prefix]
+            self.prefill_reused += length
+            if length:
+                slot = len(self.rows)
+                for layer, (keys, values) in zip(self.slab.layers, entry.kv, strict=True):
+                    layer.slab_keys[slot, :, :length] = keys[:, :length]
+                    layer.slab_values[slot, :, :length] = values[:, :length]
+            row.length = length
+            self.rows.append(row)
+        # Encode the leaders' missing tokens, in groups of similar width within a token budget.
+        group_start = base
+        for end in range(base + 1, base + len(encode) + 1):
+            new_first = len(self.rows[group_start].ids) - 1 - self.rows[group_start].length
+            if end < base + len(encode):
+                new = len(self.rows[end].ids) - 1 - self.rows[end].length
+                fits = (end + 1 - group_start) * new <= self.prefill_tokens
+                if fits and new <= 2 * new_first + 16:
+                    continue
+            self._prefill(group_start, end)
+            group_start = end
+        leader_slot = {self.rows[slot].prefix: slot for slot in range(base, base + len(encode))}
+        for slot in range(base + len(encode), len(self.rows)):
+            row = self.rows[slot]
+            source = leader_slot.get(row.prefix)
+            if source is not None:  # same prompt as a row just encoded: copy its keys/values
+                length = len(row.ids) - 1
+                for layer in self.slab.layers:
+                    layer.slab_keys[slot, :, :length] = layer.slab_keys[source, :, :length]
+                    layer.slab_values[slot, :, :length] = layer.slab_values[source, :, :length]
+                self.prefill_reused += length - row.length
+                row.length = length
+
+    @torch.inference_mode()
+    def _prefill(self, first: int, end: int) -> None:
+        """Encode rows first..end-1 up to their prompt's last token, in their own slots."""
+        rows = self.rows[first:end]
+        cached = torch.tensor([row.length for row in rows])
+        new = [len(row.ids) - 1 - row.length for row in rows]
+        width = max(new)
         self.prefill_computed += sum(new)
-        past, width = max(cached), max(new)
-        cache, valid = self._slab([wanted[key][0] for key in keys], cached, past + width)
-        inputs = torch.full((len(keys), width), self.pad_id, dtype=torch.long)
-        positions = torch.zeros((len(keys), width), dtype=torch.long)
-        for row, (key, length) in enumerate(zip(keys, cached, strict=True)):
-            inputs[row, : len(key) - length] = torch.tensor(key[length:])
-            positions[row] = torch.arange(length, length + width)
-        # Keys: the row's cached prefix, then its new tokens up to the query (right padding is
-        # never attended to; padded queries see the real tokens, so no row is all-masked).
+        self._ensure_capacity(int(cached.max()) + width)
+        inputs = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for index, row in enumerate(rows):
+            inputs[index, : new[index]] = torch.tensor(row.ids[row.length : len(row.ids) - 1])
         steps = torch.arange(width)
-        causal = steps[None, :, None] >= steps[None, None, :]
-        real = steps[None, None, :] < torch.tensor(new)[:, None, None]
-        mask = torch.cat(
-            [valid[:, None, :past].expand(-1, width, -1), causal & real], dim=2
-        )[:, None]
+        columns = torch.arange(int(cached.max()) + width)
+        # Key column c for query j of row i: the cached prefix (c < cached[i]), or the row's own
+        # new tokens up to j. Padded queries (j >= new[i]) still see real tokens: no empty row.
+        offset = columns[None, None, :] - cached[:, None, None]
+        allowed = (offset < 0) | (
+            (offset <= steps[None, :, None]) & (offset < torch.tensor(new)[:, None, None])
+        )
+        for layer in self.slab.layers:
+            layer.point(first, cached.to(self.device), len(columns))
         self.model(
             input_ids=inputs.to(self.device),
-            position_ids=positions.to(self.device),
-            attention_mask=self._mask(mask),
-            cache=cache,
+            position_ids=(cached[:, None] + steps[None, :]).to(self.device),
+            attention_mask=self._mask(allowed[:, None]),
+            cache=self.slab,
             use_cache=True,
             logits_to_keep=1,
         )
-        for row, (key, length) in enumerate(zip(keys, cached, strict=True)):
-            kv = self._row_kv(cache, row, past - length, past + len(key) - length)
-            wanted[key] = (self.cache.insert(list(key), kv), len(key))
+        for index, row in enumerate(rows):
+            row.length = len(row.ids) - 1
+            if new[index] >= self.kv.BLOCK:  # a new prompt: later samples and retries start from it
+                self.cache.insert(row.ids[:-1], self._slot_kv(first + index, row.length))
 
-    # --- decode: every row one token per step -------------------------------------------------
+    def _ensure_capacity(self, needed: int) -> None:
+        if self.slab is not None and needed <= self.capacity:
+            return
+        capacity = -(-max(needed, int(self.capacity * 1.5), 256) // 64) * 64
+        old = self.slab
 
-    @torch.no_grad()
-    def _generate_batch(
-        self, requests: list[Request], ids: list[list[int]], max_new_tokens: int
-    ) -> list[Completion]:
-        entries = self._prefixes(ids)
-        cached = [len(row) - 1 for row in ids]
-        past = max(cached)
-        cache, valid = self._slab(entries, cached, past + max_new_tokens)
-        valid[:, past:] = True
-        rows = torch.arange(len(requests))  # slab row -> request
-        inputs = torch.tensor([[row[-1]] for row in ids])
-        positions = torch.tensor([[length] for length in cached])
-        temperatures = torch.tensor([r.temperature for r in requests], dtype=torch.float32)
-        generators = []
-        for request in requests:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(request.seed)
-            generators.append(generator)
-        generated: list[list[int]] = [[] for _ in requests]
-        completions: list[Completion | None] = [None] * len(requests)
-        alive = [True] * len(requests)  # per slab row
-        for step in range(max_new_tokens):
-            logits = self.model(
-                input_ids=inputs.to(self.device),
-                position_ids=positions.to(self.device),
-                attention_mask=self._mask(valid[:, None, None, : past + step + 1]),
-                cache=cache,
-                use_cache=True,
-            ).logits[:, -1]
-            tokens = self._sample(logits, temperatures, generators)
-            for slot, token in enumerate(tokens.tolist()):
-                if not alive[slot]:
-                    continue
-                index = int(rows[slot])
-                out = generated[index]
-                out.append(token)
-                stop = self.stop_ids.get(token)
-                if stop is None and token != self.pad_id and step + 1 < max_new_tokens:
-                    continue
-                alive[slot] = False
-                completions[index] = self._completion(out, stop)
-                if stop == END_OF_BLOCK:  # the solution goes on: keep its state for the next call
-                    start = past - cached[index]
-                    kv = self._row_kv(cache, slot, start, past + step + 1)
-                    self.cache.insert(ids[index] + out[:-1], kv)
-            live = [slot for slot, on in enumerate(alive) if on]
-            if not live:
-                break
-            inputs, positions = tokens[:, None], positions + 1
-            if len(live) <= len(alive) // 2:  # compact: finished rows cost nothing from now on
-                slots = torch.tensor(live)
-                for layer in cache.layers:
-                    layer.select(slots.to(self.device))
-                rows, valid, inputs = rows[slots], valid[slots], inputs[slots]
-                temperatures, positions = temperatures[slots], positions[slots]
-                generators = [generators[slot] for slot in live]
-                alive = [True] * len(live)
-        return completions  # type: ignore[return-value]
+        def zeros(heads: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+            size = (self.batch_size, heads, capacity, dim)
+            return torch.zeros(size, dtype=dtype, device=self.device)
+
+        self.slab = self.kv.Cache(
+            layers=[self.kv.RowSlabLayer(zeros(*shape), zeros(*shape)) for shape in self.shapes]
+        )
+        if old is not None:
+            for new_layer, old_layer in zip(self.slab.layers, old.layers, strict=True):
+                new_layer.slab_keys[:, :, : self.capacity] = old_layer.slab_keys
+                new_layer.slab_values[:, :, : self.capacity] = old_layer.slab_values
+        self.capacity = capacity
+
+    def _release(self, ended: list[int]) -> None:
+        """Drop ended rows; the last rows move into the holes so live rows stay in 0..n-1."""
+        if not ended:
+            return
+        gone = set(ended)
+        keep = len(self.rows) - len(ended)
+        holes = [slot for slot in ended if slot < keep]
+        movers = [slot for slot in range(keep, len(self.rows)) if slot not in gone]
+        for hole, mover in zip(holes, movers, strict=True):
+            length = self.rows[mover].length
+            for layer in self.slab.layers:
+                layer.slab_keys[hole, :, :length] = layer.slab_keys[mover, :, :length]
+                layer.slab_values[hole, :, :length] = layer.slab_values[mover, :, :length]
+            self.rows[hole] = self.rows[mover]
+        del self.rows[keep:]
+
+    def _slot_kv(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [
+            (layer.slab_keys[slot, :, :length].clone(), layer.slab_values[slot, :, :length].clone())
+            for layer in self.slab.layers
+        ]
+
+    # --- helpers ----------------------------------------------------------------------------------
 
     def _sample(self, logits: torch.Tensor, temperatures: torch.Tensor, generators) -> torch.Tensor:
         """argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T); T = 0 is greedy."""
@@ -253,33 +441,6 @@ class TransformersBackend:
             (hot > 0)[:, None], logits / hot.clamp_min(1e-6)[:, None] + gumbel, logits
         )
         return scores.argmax(dim=-1).cpu()
-
-    # --- helpers ----------------------------------------------------------------------------------
-
-    def _slab(self, entries: list[Entry | None], lengths: list[int], capacity: int):
-        """A cache with row i's first lengths[i] cached tokens right-aligned before column
-        max(lengths), and the mask of which columns hold real tokens."""
-        past = max(lengths)
-        cache = slab_cache(self.shapes, len(lengths), capacity, self.device)
-        valid = torch.zeros((len(lengths), capacity), dtype=torch.bool)
-        for row, (entry, length) in enumerate(zip(entries, lengths, strict=True)):
-            if not length:
-                continue
-            valid[row, past - length : past] = True
-            for layer, (keys, values) in zip(cache.layers, entry.kv, strict=True):
-                layer.slab_keys[row, :, past - length : past] = keys[:, :length]
-                layer.slab_values[row, :, past - length : past] = values[:, :length]
-        for layer in cache.layers:
-            layer.length = past
-            layer._views()
-        return cache, valid
-
-    @staticmethod
-    def _row_kv(cache, row: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [
-            (layer.slab_keys[row, :, start:end].clone(), layer.slab_values[row, :, start:end].clone())
-            for layer in cache.layers
-        ]
 
     def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """[batch, 1, queries, keys] booleans -> what the attention implementation takes."""
@@ -296,7 +457,17 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """vLLM's offline engine; prefix caching shares the long common prefixes of continuations."""
+    """vLLM's offline engine, with automatic prefix caching (continuations from split points, and
+    every next block of a solution, share long prefixes).
+
+    Not run here: there is no GPU in CI and vllm is not installed in the test environment (it
+    would pull a CUDA torch). Written against vLLM 0.33's public API (`LLM`, `SamplingParams`,
+    `TokensPrompt`, `CompletionOutput.token_ids/finish_reason`); see docs/generation.md.
+
+    The completion is decoded here from the token ids, exactly as the transformers backend does,
+    so both engines hand the loop the same text for the same tokens. The stop marker is read off
+    the last token: vLLM reports `<|endofmessage|>` (the model's EOS) with `stop_reason=None`.
+    """
 
     def __init__(
         self,
@@ -323,39 +494,69 @@ class VLLMBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Completion]:
+    def _inputs(self, request: Request, max_new_tokens: int, **extra):
         from vllm import SamplingParams, TokensPrompt
 
-        params = [
-            SamplingParams(
-                temperature=r.temperature,
-                seed=r.seed,
-                max_tokens=max_new_tokens,
-                stop_token_ids=list(self.stop_ids),
-                skip_special_tokens=False,
-            )
-            for r in requests
+        ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
+        params = SamplingParams(
+            temperature=request.temperature,  # 0: greedy
+            seed=request.seed,
+            max_tokens=max_new_tokens,
+            stop_token_ids=list(self.stop_ids),
+            detokenize=False,  # decoded below, as the transformers backend does
+            **extra,
+        )
+        return TokensPrompt(prompt_token_ids=ids), params
+
+    def _completion(self, sample) -> Completion:
+        ids = list(sample.token_ids)
+        stop = self.stop_ids.get(ids[-1]) if ids and sample.finish_reason == "stop" else None
+        kept = ids[:-1] if stop is not None else ids
+        text = self.tokenizer.decode(kept, skip_special_tokens=False)
+        return Completion(text, stop, len(ids))
+
+    def generate(self, requests: list[Request], max_new_tokens: int) -> list[Completion]:
+        inputs = [self._inputs(r, max_new_tokens) for r in requests]
+        outputs = self.llm.generate(
+            [prompt for prompt, _ in inputs], [params for _, params in inputs], use_tqdm=False
+        )
+        return [self._completion(output.outputs[0]) for output in outputs]
+
+
+class VLLMStreamingBackend(VLLMBackend):
+    """Opt-in (`backend: {engine: vllm, streaming: true}`), untested: the frontier loop adds each
+    request to vLLM's engine as soon as it is ready and steps the engine, so a round never waits
+    for its slowest row (`LLMEngine.add_request` / `step`, outputs only when finished)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keys: dict[str, Hashable] = {}
+        self.next_id = 0
+
+    def add(self, key: Hashable, request: Request, max_new_tokens: int) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt, params = self._inputs(
+            request, max_new_tokens, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        request_id, self.next_id = str(self.next_id), self.next_id + 1
+        self.keys[request_id] = key
+        self.llm.llm_engine.add_request(request_id, prompt, params)
+
+    def step(self) -> list[tuple[Hashable, Completion]]:
+        return [
+            (self.keys.pop(output.request_id), self._completion(output.outputs[0]))
+            for output in self.llm.llm_engine.step()
+            if output.finished
         ]
-        prompts = [
-            TokensPrompt(
-                prompt_token_ids=self.tokenizer(r.prompt, add_special_tokens=False).input_ids
-            )
-            for r in requests
-        ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        completions = []
-        for output in outputs:
-            sample = output.outputs[0]
-            stop = self.stop_ids.get(sample.stop_reason) if sample.finish_reason == "stop" else None
-            completions.append(Completion(sample.text, stop, len(sample.token_ids)))
-        return completions
 
 
 def make_backend(spec: dict, model_path: str) -> Backend:
     """The `generation.backend` config block -> an engine."""
     started = time.perf_counter()
     if spec["engine"] == "vllm":
-        backend: Backend = VLLMBackend(
+        engine = VLLMStreamingBackend if spec.get("streaming", False) else VLLMBackend
+        backend: Backend = engine(
             model_path,
             spec.get("tensor_parallel_size", 1),
             spec.get("gpu_memory_utilization", 0.9),
@@ -371,6 +572,7 @@ def make_backend(spec: dict, model_path: str) -> Backend:
             spec.get("batch_size", 64),
             spec.get("kv_cache_mb", 2048),
             spec.get("prefill_tokens", 8192),
+            spec.get("prefill_every", 4),
         )
     log.info("%s backend ready in %.1fs", spec["engine"], time.perf_counter() - started)
     return backend

@@ -10,8 +10,8 @@ module does the same for transformers:
   automatic prefix caching), then extend the match token by token. An entry that is a prefix of a
   newer one is dropped (the newer one answers every lookup it would), the rest are evicted least
   recently used beyond a token budget.
-- `slab_cache`: a transformers `Cache` over preallocated tensors, so decoding writes each new
-  token in place instead of concatenating the whole cache every step.
+- `RowSlabLayer`: a transformers cache layer over preallocated tensors, one slot per row, so
+  decoding writes each new token in place instead of concatenating the whole cache every step.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+__all__ = ["BLOCK", "Cache", "Entry", "PrefixCache", "RowSlabLayer", "block_hashes"]
+
 BLOCK = 16
 
 
 @dataclass
 class Entry:
     tokens: list[int]  # the tokens whose keys/values are held
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of shape [heads, len, dim]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [heads, len, dim]
     hashes: list[int]
 
 
@@ -56,7 +58,8 @@ class PrefixCache:
         self.tokens = 0
 
     def lookup(self, tokens: list[int], limit: int) -> tuple[Entry | None, int]:
-        """The entry sharing the longest prefix (at most `limit` tokens) with `tokens`, and its length."""
+        """The entry sharing the longest prefix (at most `limit` tokens) with `tokens`, and the
+        prefix's length."""
         candidates, blocks = set(), 0
         for position, value in enumerate(block_hashes(tokens, limit)):
             holders = self.index.get(value)
@@ -83,7 +86,10 @@ class PrefixCache:
         for value in entry.hashes:
             for old_id in sorted(self.index.get(value, ())):
                 old = self.entries[old_id]
-                if len(old.tokens) <= len(tokens) and tokens[: len(old.tokens)] == old.tokens:
+                # Only an entry whose last full block is here can be a prefix of the new one.
+                if old.hashes[-1] != value or len(old.tokens) > len(tokens):
+                    continue
+                if tokens[: len(old.tokens)] == old.tokens:
                     self._drop(old_id)  # the new entry answers every lookup the old one would
         entry_id, self.next_id = self.next_id, self.next_id + 1
         for value in entry.hashes:
@@ -105,48 +111,42 @@ class PrefixCache:
                     del self.index[value]
 
 
-class SlabLayer(DynamicLayer):
-    """One layer's keys and values in preallocated [batch, heads, capacity, dim] tensors."""
+class RowSlabLayer(DynamicLayer):
+    """One layer's keys and values: rows left-aligned in preallocated [slots, heads, capacity,
+    dim] tensors, each row at its own length, written in place.
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+    `point(first, lengths, width)` aims the next forward at slots first .. first+len(lengths)-1:
+    row i writes its new tokens from column lengths[i] on, and attention reads the first `width`
+    columns (the caller's mask hides each row's columns beyond its own tokens).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
         self.slab_keys, self.slab_values = keys, values
-        self.length = length
         self.is_initialized = True
         self.device = keys.device
-        self._views()
+        self.first, self.length = 0, 0
+        self.columns: torch.Tensor | None = None
 
-    def _views(self) -> None:
-        self.keys = self.slab_keys[:, :, : self.length]
-        self.values = self.slab_values[:, :, : self.length]
+    def point(self, first: int, lengths: torch.Tensor, width: int) -> None:
+        self.first, self.columns, self.length = first, lengths, width
+        rows = slice(first, first + len(lengths))
+        self.keys = self.slab_keys[rows, :, :width]
+        self.values = self.slab_values[rows, :, :width]
 
     def update(self, key_states, value_states, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        self.slab_keys[:, :, self.length : end] = key_states
-        self.slab_values[:, :, self.length : end] = value_states
-        self.length = end
-        self._views()
+        count, new = len(self.columns), key_states.shape[-2]
+        rows = torch.arange(self.first, self.first + count, device=self.columns.device)
+        if new == 1:
+            self.slab_keys[rows, :, self.columns] = key_states[:, :, 0]
+            self.slab_values[rows, :, self.columns] = value_states[:, :, 0]
+        else:
+            steps = torch.arange(new, device=self.columns.device)
+            columns = self.columns[:, None] + steps[None, :]
+            self.slab_keys[rows[:, None], :, columns] = key_states.transpose(1, 2)
+            self.slab_values[rows[:, None], :, columns] = value_states.transpose(1, 2)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
         return self.length
 
-    def select(self, rows: torch.Tensor) -> None:
-        self.slab_keys = self.slab_keys.index_select(0, rows)
-        self.slab_values = self.slab_values.index_select(0, rows)
-        self._views()
-
-
-def slab_cache(
-    shapes: list[tuple[int, int, torch.dtype]], batch: int, capacity: int, device: torch.device
-) -> Cache:
-    """An empty cache: `shapes` holds (heads, dim, dtype) per layer."""
-    layers = [
-        SlabLayer(
-            torch.zeros(batch, heads, capacity, dim, dtype=dtype, device=device),
-            torch.zeros(batch, heads, capacity, dim, dtype=dtype, device=device),
-            0,
-        )
-        for heads, dim, dtype in shapes
-    ]
-    return Cache(layers=layers)

@@ -86,8 +86,11 @@ def run_resumable(
         log.info("resuming: %d of %d chunks already done", len(done), len(chunks))
     total = LoopStats()
     backend = None
-    bar = progress_bar(len(items) * solutions_per_item, desc)
-    bar.update(sum(len(chunks[i]) for i in done if i < len(chunks)) * solutions_per_item)
+    # Progress counts questions (a question is done when its task is), so the ETA holds however
+    # many samples adaptive sampling draws. `solutions_per_item` is no longer needed for it.
+    del solutions_per_item
+    bar = progress_bar(len(items), desc)
+    bar.update(sum(len(chunks[i]) for i in done if i < len(chunks)))
     for index, chunk in enumerate(chunks):
         if index in done:
             continue
@@ -97,16 +100,24 @@ def run_resumable(
         done[index] = records_of(tasks)
         append_jsonl(resume_path, [{"fingerprint": key, "chunk": index, "records": done[index]}])
         _accumulate(total, stats)
-        log.info(
-            "chunk %d/%d: %d solutions, %d tokens, %.0f tokens/s",
-            index + 1,
-            len(chunks),
-            stats.solutions,
-            stats.tokens,
-            stats.tokens_per_second(),
-        )
+        log.info("chunk %d/%d: %s", index + 1, len(chunks), describe(stats))
     bar.close()
+    if total.rounds:
+        log.info("generated this run: %s", describe(total))
     return [record for index in range(len(chunks)) for record in done[index]], total
+
+
+def describe(stats: LoopStats) -> str:
+    """One log line of throughput figures."""
+    line = (
+        f"{stats.solutions} solutions, {stats.model_calls} block calls, {stats.code_blocks} code "
+        f"runs, {stats.tokens} tokens in {stats.model_seconds:.1f}s of model time "
+        f"({stats.tokens_per_second():.0f} tokens/s)"
+    )
+    prompt = stats.prompt_tokens_computed + stats.prompt_tokens_reused
+    if prompt:
+        line += f", prompt tokens {100 * stats.prompt_tokens_reused / prompt:.0f}% from cache"
+    return line
 
 
 def _accumulate(total: LoopStats, stats: LoopStats) -> None:
