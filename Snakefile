@@ -11,6 +11,7 @@ include: "rules/step_control.smk"
 include: "rules/pairs.smk"
 include: "rules/dpo.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 localrules:
@@ -24,3 +25,5 @@ rule all:
     input:
         "results/accuracy.csv",
         "results/accuracy.md",
+        report_outputs,
+        "results/tables/cost.html",

@@ -1,0 +1,236 @@
+# The report: Table 1 with confidence, the temperature pilot (paper Fig. 5), credit assignment
+# (Fig. 2/3) with its localisation metric, data statistics and cost. `snakemake --report` renders
+# every output flagged report(...) below into one self-contained page.
+
+
+report: "../report/workflow.rst"
+
+
+localrules:
+    pilot_problems,
+    pilot_plot,
+    table_accuracy_ci,
+    data_stats,
+    table_cost,
+
+
+rule table_accuracy_ci:
+    """Table 1 with 95% bootstrap intervals, paired differences (bootstrap + McNemar), pair counts."""
+    input:
+        predictions=all_predictions,
+        pairs=all_pair_files,
+    output:
+        csv=report(
+            "results/tables/accuracy_ci.csv",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "accuracy with CI (CSV)"},
+        ),
+        differences=report(
+            "results/tables/accuracy_differences.csv",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "paired differences (CSV)"},
+        ),
+        pairs=report(
+            "results/tables/pair_counts.csv",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "pair counts (CSV)"},
+        ),
+        md="results/tables/accuracy_ci.md",
+        html=report(
+            "results/tables/accuracy_ci.html",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "accuracy, differences and pair counts"},
+        ),
+    log:
+        "logs/table_accuracy_ci/table.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        statistics=statistics_params,
+    script:
+        "../workflow_scripts/report_accuracy.py"
+
+
+rule pilot_problems:
+    """Fig. 5 pilot: a seeded subset of one benchmark's questions."""
+    input:
+        "results/benchmarks/{benchmark}.jsonl",
+    output:
+        "results/pilot/{benchmark}/problems.jsonl",
+    log:
+        "logs/pilot_problems/{benchmark}.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        limit=PILOT["limit"],
+        seed=PILOT["seed"],
+    script:
+        "../workflow_scripts/report_pilot_problems.py"
+
+
+rule pilot_predict:
+    """Fig. 5 pilot: the SFT model's answers at one sampling temperature (evaluation's code path)."""
+    input:
+        model=sft_model,
+        problems="results/pilot/{benchmark}/problems.jsonl",
+    output:
+        ensure("results/{exp}/pilot/{benchmark}/t{temperature}.jsonl", non_empty=True),
+    log:
+        "logs/pilot_predict/{exp}/{benchmark}/t{temperature}.log",
+    benchmark:
+        "logs/benchmarks/pilot_predict/{exp}/{benchmark}/t{temperature}.tsv"
+    wildcard_constraints:
+        temperature=r"[0-9][0-9.e+-]*",
+    conda:
+        "../envs/generate.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=6 * 60,
+        gpu=0,
+    params:
+        generation=pilot_generation_params,
+        resume="results/{exp}/.resume/pilot/{benchmark}/t{temperature}.jsonl",
+    script:
+        "../workflow_scripts/eval_predict.py"
+
+
+rule pilot_plot:
+    """Fig. 5: SFT accuracy against temperature, with intervals."""
+    input:
+        pilot_predictions,
+    output:
+        csv="results/{exp}/report/pilot.csv",
+        png=report(
+            "results/{exp}/report/pilot.png",
+            caption="../report/pilot.rst",
+            category="2. Temperature pilot",
+            labels={"experiment": "{exp}", "figure": "SFT accuracy vs temperature"},
+        ),
+    log:
+        "logs/pilot_plot/{exp}.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        statistics=statistics_params,
+    script:
+        "../workflow_scripts/report_pilot.py"
+
+
+rule credit_assign:
+    """Fig. 2/3: token implicit rewards of the DPO-trained models on step-controlled pairs."""
+    input:
+        unpack(credit_models),
+        train="results/{exp}/pairs/scdpo/train.jsonl",
+        eval="results/{exp}/pairs/scdpo/eval.jsonl",
+    output:
+        pages=report(
+            directory("results/{exp}/report/credit"),
+            patterns=["{page}.html"],
+            caption="../report/credit.rst",
+            category="3. Credit assignment",
+            subcategory="{exp}",
+            labels={"experiment": "{exp}", "page": "{page}"},
+        ),
+        csv="results/{exp}/report/localisation.csv",
+        md="results/{exp}/report/localisation.md",
+        html=report(
+            "results/{exp}/report/localisation.html",
+            caption="../report/localisation.rst",
+            category="3. Credit assignment",
+            subcategory="{exp}",
+            labels={"experiment": "{exp}", "page": "localisation metric"},
+        ),
+        rewards="results/{exp}/report/block_rewards.jsonl",
+    log:
+        "logs/credit_assign/{exp}.log",
+    benchmark:
+        "logs/benchmarks/credit_assign/{exp}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        gpu=0,
+    params:
+        credit=credit_params,
+    script:
+        "../workflow_scripts/report_credit.py"
+
+
+rule data_stats:
+    """Samples per pair, yield per split index, temperatures of wrong continuations, lengths."""
+    input:
+        samples="results/{exp}/sampling/samples.jsonl",
+        negatives="results/{exp}/step_control/negatives.jsonl",
+    output:
+        md="results/{exp}/report/data_stats.md",
+        yields="results/{exp}/report/sc_yield_by_k.csv",
+        html=report(
+            "results/{exp}/report/data_stats.html",
+            caption="../report/data_stats.rst",
+            category="4. Data statistics",
+            labels={"experiment": "{exp}", "content": "tables"},
+        ),
+        png=report(
+            "results/{exp}/report/data_stats.png",
+            caption="../report/data_stats.rst",
+            category="4. Data statistics",
+            labels={"experiment": "{exp}", "content": "figure"},
+        ),
+    log:
+        "logs/data_stats/{exp}.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    script:
+        "../workflow_scripts/report_data.py"
+
+
+rule table_cost:
+    """Wall time, CPU time, memory and GPU-hours per stage from the benchmark files."""
+    input:
+        cost_inputs,
+    output:
+        csv="results/tables/cost.csv",
+        md="results/tables/cost.md",
+        html=report(
+            "results/tables/cost.html",
+            caption="../report/cost.rst",
+            category="5. Cost",
+            labels={"table": "cost per stage"},
+        ),
+    log:
+        "logs/table_cost/table.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        benchmarks="logs/benchmarks",
+        experiments=EXPERIMENTS,
+        gpus=rule_gpus,
+    script:
+        "../workflow_scripts/report_cost.py"

@@ -1,0 +1,7 @@
+from _workflow import to_log
+
+to_log(snakemake.log[0])
+
+from scdpo.report import pilot_problems
+
+pilot_problems(snakemake.input[0], snakemake.output[0], snakemake.params.limit, snakemake.params.seed)
