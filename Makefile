@@ -37,6 +37,9 @@ lint: setup
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
 
+report: setup
+	$(BIN)/snakemake --report report.html
+
 dry-run: setup
 	$(BIN)/snakemake -n
 

@@ -213,8 +213,16 @@ def test_same_config_and_seed_give_byte_identical_samples(setup):
     root, job = setup["root"], setup["job"]
     for shard in range(SHARDS):
         out = root / f"again{shard}.jsonl"
-        sample_solutions(job["model"], job["problems"], shard, SHARDS, job["params"], str(out),
-                         str(root / f"again{shard}.resume"), 1)
+        sample_solutions(
+            job["model"],
+            job["problems"],
+            shard,
+            SHARDS,
+            job["params"],
+            str(out),
+            str(root / f"again{shard}.resume"),
+            1,
+        )
         assert out.read_bytes() == setup["reference"][shard].read_bytes()
 
 
@@ -244,9 +252,14 @@ def test_rows_do_not_depend_on_batch_mates_and_cached_prefixes_change_nothing(se
     model, tokenizer = backend.model, backend.tokenizer
     for text, completion in zip(texts, second, strict=True):
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        out = model.generate(ids, max_new_tokens=24, do_sample=False,
-                             eos_token_id=list(backend.stop_ids), pad_token_id=backend.pad_id)
-        expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
+        out = model.generate(
+            ids,
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=list(backend.stop_ids),
+            pad_token_id=backend.pad_id,
+        )
+        expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)
         assert expected.startswith(completion.text)
 
 
@@ -288,10 +301,15 @@ def test_streaming_and_round_drivers_give_the_same_records():
         StepControlTask,
     )
 
-    chosen = [Block("text", "Compute it."), Block("code", "print(2)"), Block("execution", "2\n"),
-              Block("text", "So \\boxed{2}.")]
-    settings = LoopSettings(max_new_tokens=16, max_calls=16, max_prompt_tokens=1000, seed=3,
-                            code_delay_steps=2)
+    chosen = [
+        Block("text", "Compute it."),
+        Block("code", "print(2)"),
+        Block("execution", "2\n"),
+        Block("text", "So \\boxed{2}."),
+    ]
+    settings = LoopSettings(
+        max_new_tokens=16, max_calls=16, max_prompt_tokens=1000, seed=3, code_delay_steps=2
+    )
 
     def tasks():
         return (
@@ -372,21 +390,43 @@ def test_snakemake_rerun_incomplete_resumes_a_killed_sampling_job(setup, tmp_pat
     (workdir / "micro.yaml").write_text(yaml.safe_dump(config))
     target = "results/micro/sampling/samples.jsonl"
     snakemake = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(workdir / "micro.yaml"), "--cores", "1",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "micro.yaml"),
+        "--cores",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen([*snakemake, target], cwd=workdir, stdout=log,
-                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        first = subprocess.Popen(
+            [*snakemake, target],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     resume = workdir / "results/micro/.resume/sampling/shard0-of2.jsonl"
     saved = kill_after(first, resume, 2)
     assert 2 <= saved < QUESTIONS // SHARDS
     assert not (workdir / "results/micro/sampling/shard0-of2.jsonl").exists()
 
     def run(*args: str) -> None:
-        result = subprocess.run([*snakemake, *args], cwd=workdir, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+        result = subprocess.run(
+            [*snakemake, *args],
+            cwd=workdir,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stdout[-6000:]
 
     run("--unlock")  # a killed snakemake leaves its lock behind

@@ -23,7 +23,7 @@ def micro_run(tmp_path_factory) -> Path:
     """One completed run of the micro config, shared by the content and re-run tests."""
     workdir = tmp_path_factory.mktemp("micro")
     shutil.copy(MICRO, workdir / "micro.yaml")
-    result = snakemake(workdir, "--cores", "2", "--configfile", "micro.yaml")
+    result = snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "micro.yaml"))
     assert result.returncode == 0, result.output[-6000:]
     return workdir
 
@@ -91,54 +91,47 @@ def test_sampled_labels_follow_the_method(micro_run):
 def _changed_config(run: Path, edit) -> str:
     config = yaml.safe_load((run / "micro.yaml").read_text())
     edit(config)
-    (run / "changed.yaml").write_text(yaml.safe_dump(config))
-    return "changed.yaml"
+    (run / "changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(run / "changed.yaml")
 
 
 def test_no_op_rerun_plans_nothing(micro_run):
-    result = snakemake(micro_run, "-n", "--configfile", "micro.yaml")
+    result = snakemake(micro_run, "-n", "--configfile", str(micro_run / "micro.yaml"))
     assert result.returncode == 0, result.output[-3000:]
     assert planned_jobs(result.output) == {}
 
 
-def test_changing_dpo_beta_reruns_only_the_dpo_trainings_and_what_follows(micro_run):
-    changed = _changed_config(
-        micro_run, lambda c: c["experiments"]["micro"]["dpo"].update(beta=0.3)
-    )
-    result = snakemake(micro_run, "-n", "--configfile", changed)
-    assert result.returncode == 0, result.output[-3000:]
-    assert planned_jobs(result.output) == {"dpo_train": 3, "eval_predict": 3, "table_accuracy": 1}
-
+# Jobs downstream of any change: the tables, the credit pages (they read the DPO models), the
+# cost table (it reads every job's benchmark file), and the data statistics (samples, negatives).
+TABLES = {"table_accuracy": 1, "table_accuracy_ci": 1, "table_cost": 1}
+AFTER_DPO = {**TABLES, "credit_assign": 1}
+AFTER_DATA = {**AFTER_DPO, "data_stats": 1}
+SC_AND_AFTER = {
+    "negatives_step_controlled": 2,
+    "negatives_merge": 1,
+    "pairs_build": 3,
+    "dpo_train": 3,
+    "eval_predict": 3,
+}
 
 # A changed key -> exactly the jobs it must re-run (micro: 2 shards each, one benchmark).
 RERUN_MATRIX = {
+    "dpo_beta": (
+        lambda e: e["dpo"].update(beta=0.3),
+        {"dpo_train": 3, "eval_predict": 3, **AFTER_DPO},
+    ),
     "sc_schedule": (
         lambda e: e["step_control"].update(schedule="released_code"),
-        {
-            "negatives_step_controlled": 2,
-            "negatives_merge": 1,
-            "pairs_build": 2,
-            "dpo_train": 2,
-            "eval_predict": 2,
-            "table_accuracy": 1,
-        },
+        # plain DPO reads naive pairs only: its pairs, training and evaluation stay
+        {**SC_AND_AFTER, "pairs_build": 2, "dpo_train": 2, "eval_predict": 2, **AFTER_DATA},
     ),
     "dpo_max_length": (
         lambda e: e["dpo"].update(max_length=512),
-        {"pairs_build": 3, "dpo_train": 3, "eval_predict": 3, "table_accuracy": 1},
+        {"pairs_build": 3, "dpo_train": 3, "eval_predict": 3, **AFTER_DPO},
     ),
     "sampling_k": (
         lambda e: e["sampling"].update(max_samples=12),
-        {
-            "solutions_sample": 2,
-            "solutions_merge": 1,
-            "negatives_step_controlled": 2,
-            "negatives_merge": 1,
-            "pairs_build": 3,
-            "dpo_train": 3,
-            "eval_predict": 3,
-            "table_accuracy": 1,
-        },
+        {"solutions_sample": 2, "solutions_merge": 1, **SC_AND_AFTER, **AFTER_DATA},
     ),
     "sft_learning_rate": (
         lambda e: e["sft"].update(learning_rate=1.0e-3),
@@ -146,12 +139,11 @@ RERUN_MATRIX = {
             "sft_train": 1,
             "solutions_sample": 2,
             "solutions_merge": 1,
-            "negatives_step_controlled": 2,
-            "negatives_merge": 1,
-            "pairs_build": 3,
-            "dpo_train": 3,
+            **SC_AND_AFTER,
             "eval_predict": 4,
-            "table_accuracy": 1,
+            "pilot_predict": 2,
+            "pilot_plot": 1,
+            **AFTER_DATA,
         },
     ),
 }
@@ -180,5 +172,5 @@ def test_a_new_benchmark_adds_only_its_evaluations_and_the_table(micro_run):
     changed = _changed_config(micro_run, add_benchmark)
     result = snakemake(micro_run, "-n", "--configfile", changed)
     assert result.returncode == 0, result.output[-3000:]
-    expected = {"benchmark_prepare": 1, "eval_predict": 4, "table_accuracy": 1}
+    expected = {"benchmark_prepare": 1, "eval_predict": 4, **TABLES}
     assert planned_jobs(result.output) == expected

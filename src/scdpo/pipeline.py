@@ -15,7 +15,7 @@ from pathlib import Path
 from scdpo import pairs as pair_sets
 from scdpo.generation.backends import make_backend
 from scdpo.generation.loop import LoopSettings, LoopStats
-from scdpo.generation.runner import fingerprint, run_resumable, shard_slice
+from scdpo.generation.runner import describe, fingerprint, run_resumable, shard_slice
 from scdpo.jsonl import read_jsonl, write_jsonl
 from scdpo.problems import load_problems
 from scdpo.solution import Block, NoiseLimits, render_prompt, render_solution
@@ -134,7 +134,6 @@ def _generate(
     resume_path: str,
     desc: str,
     threads: int,
-    solutions_per_item: int = 1,
 ) -> LoopStats:
     from scdpo.modeling import set_threads
 
@@ -154,7 +153,6 @@ def _generate(
             key=key,
             chunk_size=generation["chunk_size"],
             desc=desc,
-            solutions_per_item=solutions_per_item,
         )
     write_jsonl(out_path, records)
     if os.path.exists(resume_path):
@@ -195,26 +193,27 @@ def sample_solutions(
         resume_path,
         f"sampling shard {shard + 1}/{shards}",
         threads,
-        solutions_per_item=sampling["round_size"],
     )
     _log_sampling(out_path, stats)
 
 
 def _log_sampling(path: str, stats: LoopStats) -> None:
     records = list(read_jsonl(path))
-    drawn = sum(len(r["samples"]) for r in records)
-    preferred = sum(any(s["preferred"] for s in r["samples"]) for r in records)
-    both = sum(
+    samples = [s for r in records for s in r["samples"]]
+    pairs = sum(
         any(s["preferred"] for s in r["samples"]) and any(s["dispreferred"] for s in r["samples"])
         for r in records
     )
     log.info(
-        "samples drawn %d; questions %d, with a preferred %d, with a pair %d; %.0f tokens/s",
-        drawn,
+        "shard: questions %d; samples drawn %d (preferred %d, dispreferred %d, noisy %d); "
+        "naive pairs %d; %s",
         len(records),
-        preferred,
-        both,
-        stats.tokens_per_second(),
+        len(samples),
+        sum(s["preferred"] for s in samples),
+        sum(s["dispreferred"] for s in samples),
+        sum(s["noisy"] for s in samples),
+        pairs,
+        describe(stats),
     )
 
 
@@ -262,12 +261,14 @@ def step_controlled_negatives(
         f"step-controlled shard {shard + 1}/{shards}",
         threads,
     )
-    negatives = sum(len(q["negatives"]) for q in read_jsonl(out_path))
+    records = list(read_jsonl(out_path))
     log.info(
-        "questions %d, step-controlled negatives %d; %.0f tokens/s",
-        len(questions),
-        negatives,
-        stats.tokens_per_second(),
+        "shard: questions %d (with a negative %d); tries %d; step-controlled negatives %d; %s",
+        len(records),
+        sum(bool(q["negatives"]) for q in records),
+        sum(sum(q["tries"].values()) for q in records),
+        sum(len(q["negatives"]) for q in records),
+        describe(stats),
     )
 
 

@@ -148,8 +148,7 @@ class TransformersBackend:
         pad = torch.tensor([[self.pad_id]], device=self.device)
         self.model(input_ids=pad, cache=probe, use_cache=True)
         return [
-            (layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype)
-            for layer in probe.layers
+            (layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype) for layer in probe.layers
         ]
 
     def reset(self) -> None:
@@ -315,8 +314,10 @@ class TransformersBackend:
         base = len(self.rows)
         widest = max(len(row.ids) for row in admitted)
         self._ensure_capacity(
-            max([widest + row.max_new_tokens for row in admitted]
-                + [row.length + row.max_new_tokens for row in self.rows])
+            max(
+                [widest + row.max_new_tokens for row in admitted]
+                + [row.length + row.max_new_tokens for row in self.rows]
+            )
         )
         for row in order:
             entry, length = found[row.prefix]

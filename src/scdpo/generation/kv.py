@@ -149,4 +149,3 @@ class RowSlabLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
-

@@ -73,7 +73,6 @@ def run_resumable(
     key: str,
     chunk_size: int,
     desc: str,
-    solutions_per_item: int = 1,
 ) -> tuple[list[dict], LoopStats]:
     """All items' records in input order; work already in `resume_path` is not redone."""
     resume_path = Path(resume_path)
@@ -86,9 +85,8 @@ def run_resumable(
         log.info("resuming: %d of %d chunks already done", len(done), len(chunks))
     total = LoopStats()
     backend = None
-    # Progress counts questions (a question is done when its task is), so the ETA holds however
-    # many samples adaptive sampling draws. `solutions_per_item` is no longer needed for it.
-    del solutions_per_item
+    # Progress counts questions (done when their task is), so the ETA holds however many samples
+    # adaptive sampling draws.
     bar = progress_bar(len(items), desc)
     bar.update(sum(len(chunks[i]) for i in done if i < len(chunks)))
     for index, chunk in enumerate(chunks):
