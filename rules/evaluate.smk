@@ -10,7 +10,7 @@ rule eval_predict:
     benchmark:
         "logs/benchmarks/eval_predict/{exp}/{model}/{benchmark}.tsv"
     conda:
-        "../envs/generate.yaml"
+        "../envs/eval.yaml"
     threads: 2
     resources:
         mem_mb=16000,

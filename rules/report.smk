@@ -94,7 +94,7 @@ rule pilot_predict:
     wildcard_constraints:
         temperature=r"[0-9][0-9.e+-]*",
     conda:
-        "../envs/generate.yaml"
+        "../envs/eval.yaml"
     threads: 2
     resources:
         mem_mb=16000,
