@@ -399,8 +399,10 @@ def test_environment_is_scrubbed(attack) -> None:
 
 
 def test_a_killed_worker_is_replaced(pool: SandboxPool, caplog: pytest.LogCaptureFixture) -> None:
+    # Other pools of this process (run_blocks' shared one, when earlier tests used it) have
+    # workers too; killing all of them also shows those recover.
     workers = [p for p in _children_named("bwrap")]
-    assert len(workers) == 2
+    assert len(workers) >= 2
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     assert [pool.run(NORMAL) for _ in range(4)] == [NORMAL_OUT] * 4
