@@ -43,5 +43,7 @@ def planned_jobs(output: str) -> Counter:
         if not match:
             break
         jobs[match.group(1)] = int(match.group(2))
+    total = jobs.pop("total", None)
+    assert total is None or total == sum(jobs.values()), table
     jobs.pop("all", None)
     return jobs
