@@ -20,14 +20,12 @@ import numpy as np
 import pandas as pd
 
 from scdpo.jsonl import read_jsonl, write_jsonl
+from scdpo.pipeline import MODEL_LABELS, MODELS
 from scdpo.solution import END_OF_BLOCK, Block, render_blocks, render_solution
 from scdpo.stats import accuracy_ci, paired_difference
 
 log = logging.getLogger(__name__)
 
-MODELS = ("sft", "dpo", "dpo_data_equal", "scdpo")
-VARIANTS = MODELS[1:]
-MODEL_LABELS = {"sft": "SFT", "dpo": "DPO", "dpo_data_equal": "DPO (data-equal)", "scdpo": "SCDPO"}
 # (model, baseline): each DPO variant against SFT; SCDPO against both DPO baselines.
 COMPARISONS = (
     ("dpo", "sft"),
