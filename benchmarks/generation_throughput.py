@@ -139,12 +139,15 @@ def main() -> None:
     parser.add_argument("--model", help="model directory (default: see the module docstring)")
     parser.add_argument("--untrained", action="store_true", help="the untrained tiny Llama")
     parser.add_argument(
-        "--questions", type=int,
+        "--questions",
+        type=int,
         help="questions for our loop (default: the experiment's chunk_size, the frontier a "
         "sampling job holds at once)",
     )
     parser.add_argument(
-        "--seed-questions", type=int, default=16,
+        "--seed-questions",
+        type=int,
+        default=16,
         help="the first N of the same questions for the seed-style loop (its rate does not "
         "depend on N: it does one solution at a time)",
     )
@@ -201,10 +204,22 @@ def main() -> None:
                 f"taken from the prefix cache {backend.prefill_reused}",
                 flush=True,
             )
-            measure("ours, seed-style's questions only", run_frontier, sampling_tasks(few),
-                    backend, pool, settings)
-            seed = measure("seed-style", seed_style_loop, sampling_tasks(few),
-                           SeedStyleBackend(backend), pool, settings)
+            measure(
+                "ours, seed-style's questions only",
+                run_frontier,
+                sampling_tasks(few),
+                backend,
+                pool,
+                settings,
+            )
+            seed = measure(
+                "seed-style",
+                seed_style_loop,
+                sampling_tasks(few),
+                SeedStyleBackend(backend),
+                pool,
+                settings,
+            )
     print(
         f"generation: ours {ours:.1f} samples/s, seed-style {seed:.1f} samples/s, "
         f"{ours / seed:.1f}x"

@@ -1,4 +1,4 @@
-"""Shared by the thin workflow scripts: import the package from this checkout, log to the rule's log.
+"""Shared by the thin workflow scripts: import the package from this checkout, log to its log.
 
 The package lives in src/ beside this folder, so a job finds it in any environment (the project's
 .venv, a rule's conda env, a SLURM node) without installing it.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scdpo.report import accuracy_report
 
-# results/{exp}/predictions/{model}/{benchmark}.jsonl and results/{exp}/pairs/{variant}/{split}.jsonl
+# results/{exp}/predictions/{model}/{benchmark}.jsonl, results/{exp}/pairs/{variant}/{split}.jsonl
 predictions = {
     (Path(p).parts[-4], Path(p).parts[-2], Path(p).stem): p for p in snakemake.input.predictions
 }

@@ -2,7 +2,8 @@ from _workflow import to_log
 
 to_log(snakemake.log[0])
 
-from scdpo.report import VARIANTS, credit_report
+from scdpo.pipeline import VARIANTS
+from scdpo.report import credit_report
 
 settings = dict(snakemake.params.credit)
 beta = settings.pop("beta")

@@ -4,4 +4,6 @@ to_log(snakemake.log[0])
 
 from scdpo.report import pilot_problems
 
-pilot_problems(snakemake.input[0], snakemake.output[0], snakemake.params.limit, snakemake.params.seed)
+pilot_problems(
+    snakemake.input[0], snakemake.output[0], snakemake.params.limit, snakemake.params.seed
+)

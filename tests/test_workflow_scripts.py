@@ -1,0 +1,35 @@
+"""Every name a workflow script imports exists: a broken import otherwise shows only mid-run."""
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "workflow_scripts").glob("*.py"))
+
+
+def imported_names(script: Path) -> list[tuple[str, str]]:
+    """(module, name) for each `from scdpo... import name` in the script."""
+    tree = ast.parse(script.read_text(), filename=str(script))
+    return [
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scdpo")
+        for alias in node.names
+    ]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
+def test_workflow_script_imports_resolve(script: Path):
+    missing = [
+        f"{module}.{name}"
+        for module, name in imported_names(script)
+        if not hasattr(importlib.import_module(module), name)
+    ]
+    assert not missing, f"{script.name} imports names that do not exist: {missing}"
+
+
+def test_the_check_sees_the_scripts_imports():
+    names = {name for script in SCRIPTS for _, name in imported_names(script)}
+    assert {"VARIANTS", "credit_report"} <= names
