@@ -7,7 +7,6 @@ import re
 
 import pandas as pd
 import pytest
-from test_workflow_e2e import micro_run  # noqa: F401  (the shared completed run)
 from workflow_run import snakemake
 
 pytestmark = pytest.mark.slow
@@ -18,7 +17,7 @@ INTERVAL = re.compile(r"\d+\.\d \[\d+\.\d, \d+\.\d\]")
 
 
 @pytest.fixture(scope="module")
-def report(micro_run):  # noqa: F811
+def report(micro_run):
     config = str(micro_run / "micro.yaml")  # absolute: Snakemake reads it before --directory
     result = snakemake(micro_run, "--configfile", config, "--report", "report.html")
     assert result.returncode == 0, result.output[-4000:]
@@ -43,7 +42,7 @@ def test_report_has_table_1_with_intervals_and_paired_tests(report):
     assert "accuracy_ci.csv" in embedded and "Table 1" in page
 
 
-def test_report_has_the_temperature_pilot_plot(report, micro_run):  # noqa: F811
+def test_report_has_the_temperature_pilot_plot(report, micro_run):
     _, embedded = report
     assert embedded["pilot.png"][0][:8] == b"\x89PNG\r\n\x1a\n"
     pilot = pd.read_csv(micro_run / "results/micro/report/pilot.csv")
@@ -60,7 +59,7 @@ def test_report_has_credit_pages_for_dpo_and_scdpo(report):
     assert "background:rgb(" in page and "first erroneous" in page
 
 
-def test_report_has_the_localisation_metric_for_dpo_and_scdpo(report, micro_run):  # noqa: F811
+def test_report_has_the_localisation_metric_for_dpo_and_scdpo(report, micro_run):
     _, embedded = report
     assert "AUC" in _text(embedded, "localisation.html")
     table = pd.read_csv(micro_run / "results/micro/report/localisation.csv")

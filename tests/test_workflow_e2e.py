@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from scdpo.solution import Block, final_text, render_blocks, render_prompt
 
 pytestmark = pytest.mark.slow
 MICRO = REPO / "config" / "micro.yaml"
-
-
-@pytest.fixture(scope="session")
-def micro_run(tmp_path_factory) -> Path:
-    """One completed run of the micro config, shared by the content and re-run tests."""
-    workdir = tmp_path_factory.mktemp("micro")
-    shutil.copy(MICRO, workdir / "micro.yaml")
-    result = snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "micro.yaml"))
-    assert result.returncode == 0, result.output[-6000:]
-    return workdir
 
 
 def test_table_has_every_model_row_and_pair_counts(micro_run):
