@@ -33,6 +33,7 @@ TRAIN_CLI = os.path.relpath(
     os.path.join(workflow.basedir, "workflow_scripts", "train.py")
 )
 EXPERIMENTS = list(config["experiments"])
+# The same as scdpo.pipeline.VARIANTS (tested); importing the package here would import torch.
 VARIANTS = ["dpo", "dpo_data_equal", "scdpo"]
 MODELS = ["sft"] + VARIANTS
 

@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,15 @@ def test_workflow_script_imports_resolve(script: Path):
 def test_the_check_sees_the_scripts_imports():
     names = {name for script in SCRIPTS for _, name in imported_names(script)}
     assert {"VARIANTS", "credit_report"} <= names
+
+
+def test_the_workflow_and_the_package_name_the_same_models():
+    # rules/common.smk keeps its own copy so that building the DAG does not import torch
+    from scdpo.pipeline import MODELS, VARIANTS
+
+    common = (SCRIPTS[0].parents[1] / "rules" / "common.smk").read_text()
+    variants = re.search(r"^VARIANTS = (\[.*\])$", common, flags=re.M)
+    assert variants, "rules/common.smk defines VARIANTS on one line"
+    assert tuple(ast.literal_eval(variants[1])) == VARIANTS
+    assert re.search(r'^MODELS = \["sft"\] \+ VARIANTS$', common, flags=re.M)
+    assert MODELS == ("sft", *VARIANTS)
