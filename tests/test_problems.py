@@ -29,6 +29,28 @@ def test_synthetic_reference_solutions_execute_to_their_answer():
         assert split_points(blocks)  # every solution has a split point
 
 
+def test_synthetic_cot_solutions_state_each_step_as_text():
+    code, cot = (
+        synthetic_problems(30, seed=5),
+        load_problems({"source": "synthetic", "n": 30, "seed": 5}, solution_format="cot"),
+    )
+    for with_code, problem in zip(code, cot, strict=True):
+        # the same draws: only the solution's format differs
+        assert {k: problem[k] for k in ("id", "question", "answer")} == {
+            k: with_code[k] for k in ("id", "question", "answer")
+        }
+        blocks = [Block.from_json(b) for b in problem["blocks"]]
+        assert {b.kind for b in blocks} == {"text"}
+        executions = [b["content"].strip() for b in with_code["blocks"] if b["kind"] == "execution"]
+        steps = [b.content for b in blocks[:-1]]
+        assert len(steps) == len(executions)
+        for step, result in zip(steps, executions, strict=True):
+            arithmetic, stated = step.split(". ", 1)[1].rstrip(".").split(" = ")
+            assert stated == result == str(eval(arithmetic))  # noqa: S307 - generated literals
+        assert grade(final_text(blocks), problem["answer"])
+        assert split_points(blocks) == list(range(len(blocks) - 2))  # after every text block
+
+
 def test_train_and_test_sets_do_not_share_ids():
     train = {p["id"] for p in synthetic_problems(100, seed=1, offset=0)}
     test = {p["id"] for p in synthetic_problems(100, seed=1, offset=10_000)}

@@ -53,8 +53,14 @@ def _operand(op: str, value: int, rng: random.Random) -> int:
     return rng.randint(1, 30)
 
 
-def synthetic_problem(rng: random.Random, index: int, max_ops: int = 3) -> dict:
-    """One word problem with 1..max_ops operations and its code-integrated reference solution."""
+def synthetic_problem(
+    rng: random.Random, index: int, max_ops: int = 3, solution_format: str = "code"
+) -> dict:
+    """One word problem with 1..max_ops operations and its reference solution.
+
+    Both formats come from the same draws: "code" computes each step in a code block and reads the
+    result from its execution block; "cot" writes the step's arithmetic as text.
+    """
     template = rng.choice(TEMPLATES)
     words = {"name": rng.choice(NAMES), "item": rng.choice(ITEMS)}
     value = rng.randint(2, 40)
@@ -65,12 +71,17 @@ def synthetic_problem(rng: random.Random, index: int, max_ops: int = 3) -> dict:
         operand = _operand(op, value, rng)
         sentences.append(template[op].format(b=operand, **words))
         left = str(value) if step == 0 else "x"
+        arithmetic = f"{value} {OPERATIONS[op]} {operand}"
+        value = eval(arithmetic)  # noqa: S307 - our own literals
+        step_text = STEP_TEXT[op].format(b=operand)
+        if solution_format == "cot":
+            blocks.append(Block("text", f"{step_text} {arithmetic} = {value}."))
+            continue
         blocks += [
-            Block("text", STEP_TEXT[op].format(b=operand)),
+            Block("text", step_text),
             Block("code", f"x = {left} {OPERATIONS[op]} {operand}\nprint(x)"),
+            Block("execution", f"{value}\n"),  # as print() writes it
         ]
-        value = eval(f"{value} {OPERATIONS[op]} {operand}")  # noqa: S307 - our own literals
-        blocks.append(Block("execution", f"{value}\n"))  # as print() writes it
     sentences.append(template["ask"].format(**words))
     blocks.append(Block("text", f"The answer is \\boxed{{{value}}}."))
     return {
@@ -81,10 +92,12 @@ def synthetic_problem(rng: random.Random, index: int, max_ops: int = 3) -> dict:
     }
 
 
-def synthetic_problems(n: int, seed: int, max_ops: int = 3, offset: int = 0) -> list[dict]:
+def synthetic_problems(
+    n: int, seed: int, max_ops: int = 3, offset: int = 0, solution_format: str = "code"
+) -> list[dict]:
     """n seeded problems; `offset` keeps ids (and draws) of train and test sets apart."""
     rng = random.Random(f"{seed}-{offset}")
-    return [synthetic_problem(rng, offset + i, max_ops) for i in range(n)]
+    return [synthetic_problem(rng, offset + i, max_ops, solution_format) for i in range(n)]
 
 
 # --- real datasets ------------------------------------------------------------------------------
@@ -172,7 +185,11 @@ def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
     kind = source["source"]
     if kind == "synthetic":
         return synthetic_problems(
-            source["n"], source["seed"], source.get("max_ops", 3), source.get("offset", 0)
+            source["n"],
+            source["seed"],
+            source.get("max_ops", 3),
+            source.get("offset", 0),
+            solution_format,
         )
     fields = {
         "question_key": source.get("question_key", "question"),
