@@ -272,7 +272,7 @@ def test_secrets_in_home_and_project_are_invisible(attack, fake_home: Path) -> N
                 f"open({str(fake_home / '.netrc')!r}).read()",
                 f"open({str(secret)!r}).read()",
                 f"open({str(PROJECT / 'pyproject.toml')!r}).read()",
-                "import os\nos.path.expanduser('~'), os.listdir('/work')",
+                f"import os\nos.path.expanduser('~'), sorted(os.listdir({str(PROJECT.parent)!r}))",
                 f"os.listdir({pwd.getpwuid(os.getuid()).pw_dir!r})",
             ]
         )
@@ -281,7 +281,8 @@ def test_secrets_in_home_and_project_are_invisible(attack, fake_home: Path) -> N
     text = "\n".join(out)
     assert "SECRET" not in text and "scdpo" not in text
     assert all(last_line(o).startswith("FileNotFoundError") for o in out[:3])
-    assert ast.literal_eval(out[3]) == ("~", ["main"])  # /work/main holds only the venv
+    # the project's parent shows only the path down to the venv (.venv in the checkout)
+    assert ast.literal_eval(out[3]) == ("~", _python_mount_points(PROJECT.parent))
     home = Path(pwd.getpwuid(os.getuid()).pw_dir)
     needed = {
         Path(r).relative_to(home).parts[0]
@@ -312,8 +313,18 @@ def test_writing_outside_the_temp_dir(attack) -> None:
 
 
 def _tmp_is_empty(attack) -> bool:
-    """A later solution does not see an earlier one's files (both workers are checked)."""
-    return all(attack(["import os\nos.listdir('.')"])[0] == "[]" for _ in range(4))
+    """A later solution does not see an earlier one's files (both workers are checked).
+
+    Only the path to the venv is there when the venv itself lives under /tmp.
+    """
+    expected = repr(_python_mount_points(Path("/tmp")))
+    return all(attack(["import os\nsorted(os.listdir('.'))"])[0] == expected for _ in range(4))
+
+
+def _python_mount_points(directory: Path) -> list[str]:
+    """What the sandbox shows of `directory`: the first path component of each Python root in it."""
+    roots = [Path(root) for root in _pool._python_roots()]
+    return sorted({r.relative_to(directory).parts[0] for r in roots if r.is_relative_to(directory)})
 
 
 def test_no_network_even_to_localhost(attack) -> None:

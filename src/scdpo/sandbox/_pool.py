@@ -121,15 +121,17 @@ def _bwrap_argv(bwrap: str, privileged: bool) -> list[str]:
     else:
         ns = ["--unshare-all"]  # unprivileged bwrap keeps no capabilities anyway
     argv = [bwrap, *ns, "--die-with-parent", "--as-pid-1", "--new-session"]
+    # The empty /tmp first: a venv under /tmp (a checkout there) is bound on top of it below.
+    size = ["--size", str(TMPFS_MB << 20)] if _supports(bwrap, "--size") else []
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/tmp"]
     roots = _python_roots()
     mounts = _system_mounts()
     for parent in _parents([*roots, *mounts[2::3]]):  # mounts are (option, source, target)
-        argv += ["--perms", "0755", "--dir", parent]  # bwrap would make them 0700
+        if parent != "/tmp":
+            argv += ["--perms", "0755", "--dir", parent]  # bwrap would make them 0700
     argv += mounts
     for root in roots:
         argv += ["--ro-bind", root, root]
-    size = ["--size", str(TMPFS_MB << 20)] if _supports(bwrap, "--size") else []
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/tmp"]
     argv += "--remount-ro / --remount-ro /dev --chdir /tmp --clearenv".split()
     for key, value in SANDBOX_ENV.items():
         argv += ["--setenv", key, value]
