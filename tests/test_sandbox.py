@@ -327,6 +327,19 @@ def _python_mount_points(directory: Path) -> list[str]:
     return sorted({r.relative_to(directory).parts[0] for r in roots if r.is_relative_to(directory)})
 
 
+def test_cleaning_the_temp_dir_keeps_only_the_path_to_the_venv(tmp_path: Path) -> None:
+    from scdpo.sandbox import _worker
+
+    (tmp_path / "checkout" / ".venv").mkdir(parents=True)
+    (tmp_path / "left.txt").write_text("x")
+    (tmp_path / "left" / "deeper").mkdir(parents=True)
+    _worker.clean_workdir(str(tmp_path), {"checkout"})
+    assert os.listdir(tmp_path) == ["checkout"] and (tmp_path / "checkout" / ".venv").is_dir()
+    venv = Path(sys.prefix).resolve()
+    assert venv.parts[-2] in _worker.python_entries(str(venv.parents[1]))
+    assert _worker.python_entries(str(tmp_path)) == set()
+
+
 def test_no_network_even_to_localhost(attack) -> None:
     accepted: list[object] = []
     server = socket.create_server(("127.0.0.1", 0))

@@ -217,9 +217,22 @@ def set_limits(s: dict, n_blocks: int) -> None:
         resource.setrlimit(which, (value, value))
 
 
-def clean_workdir(path: str) -> None:
-    """Remove what an earlier solution left in the private temp dir."""
+def python_entries(path: str) -> set[str]:
+    """Names in `path` on the way to this interpreter's files (a venv under /tmp, bound there)."""
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    inside = (os.path.relpath(os.path.realpath(p), path) for p in python)
+    return {rel.split(os.sep)[0] for rel in inside if not rel.startswith(os.pardir)}
+
+
+def clean_workdir(path: str, keep: set[str]) -> None:
+    """Remove what an earlier solution left in the private temp dir, except `keep`.
+
+    `keep` is the read-only venv's path when it lives under /tmp (in directories only root may
+    write): every solution would otherwise walk the whole venv failing to delete it.
+    """
     for entry in os.scandir(path):
+        if entry.name in keep:
+            continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
@@ -242,7 +255,7 @@ def child_main(blocks: list[str], first: int, s: dict, fds: tuple[int, int, int]
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.closerange(ACK_FD + 1, 1 << 16)  # the worker's pipes must not leak into user code
     os.chdir(s["workdir"])
-    clean_workdir(s["workdir"])
+    clean_workdir(s["workdir"], python_entries(s["workdir"]))
     out = io.TextIOWrapper(
         io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace"
     )
