@@ -255,7 +255,7 @@ def child_main(blocks: list[str], first: int, s: dict, fds: tuple[int, int, int]
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.closerange(ACK_FD + 1, 1 << 16)  # the worker's pipes must not leak into user code
     os.chdir(s["workdir"])
-    clean_workdir(s["workdir"], python_entries(s["workdir"]))
+    clean_workdir(s["workdir"], s["keep"])
     out = io.TextIOWrapper(
         io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace"
     )
@@ -574,6 +574,7 @@ def warm_up() -> None:
 
 def main() -> None:
     settings = json.loads(sys.argv[1])
+    settings["keep"] = python_entries(settings["workdir"])  # once, not per solution
     harden_self()
     preimport(settings["preimport"])
     supervisor = Supervisor(settings)
