@@ -33,10 +33,10 @@ import yaml
 
 from scdpo.generation.backends import Completion, Request, TransformersBackend
 from scdpo.generation.loop import LoopSettings, LoopStats, execute, extend, run_frontier
+from scdpo.pipeline import loop_settings, sampling_settings, sandbox_pool
 from scdpo.problems import synthetic_problems
-from scdpo.sandbox import SandboxConfig, SandboxPool
 from scdpo.solution import Block, render_prompt, render_solution
-from scdpo.tasks import SamplingSettings, SamplingTask
+from scdpo.tasks import SamplingTask
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED = REPO / "results" / "tiny" / "models" / "sft"
@@ -156,19 +156,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = tiny_experiment()
-    generation, sampling = spec["generation"], spec["sampling"]
-    settings = LoopSettings(
-        max_new_tokens=generation["max_new_tokens"],
-        max_calls=generation["max_calls"],
-        max_prompt_tokens=generation["max_prompt_tokens"],
-        seed=spec["seed"],
-    )
-    task_settings = SamplingSettings(
-        temperature=sampling["temperature"],
-        max_samples=sampling["max_samples"],
-        round_size=sampling["round_size"],
-        system=spec["system_prompt"],
-    )
+    generation = spec["generation"]
+    settings = loop_settings(generation, spec["seed"])
+    task_settings = sampling_settings(spec)
     data = spec["data"]["dpo"]
     count = args.questions or generation["chunk_size"]
     problems = synthetic_problems(count, data["seed"], data["max_ops"], data["offset"])
@@ -182,14 +172,7 @@ def main() -> None:
             model = untrained_model(spec, spec["system_prompt"], f"{scratch}/model")
         print(f"model {model}; {args.threads} torch thread(s), {args.workers} sandbox workers")
         backend = TransformersBackend(model, "cpu", generation["backend"].get("batch_size", 64))
-        sandbox = spec["sandbox"]
-        config = SandboxConfig(
-            timeout=sandbox["timeout"],
-            max_output_chars=sandbox["max_output_chars"],
-            memory_mb=sandbox["memory_mb"],
-            allow_unsandboxed=sandbox["allow_unsandboxed"],
-        )
-        with SandboxPool(workers=args.workers, config=config) as pool:
+        with sandbox_pool(spec["sandbox"], args.workers) as pool:
             for _ in range(2 * args.workers):  # the workers are up before the clock starts
                 pool.run(["print(1)"])
             warm = [Request(render_prompt("1 + 1?", spec["system_prompt"]), 1.0, 0)]

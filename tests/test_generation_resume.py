@@ -30,12 +30,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from workflow_run import REPO, snakemake_command
 
 from scdpo.jsonl import read_jsonl, write_jsonl
 from scdpo.problems import synthetic_problems
 from scdpo.solution import Block, render_prompt, render_solution
 
-REPO = Path(__file__).resolve().parents[1]
 SHARDS = 2
 QUESTIONS = 12  # 6 per shard; one question per chunk, so 6 chunks per shard
 SYSTEM = "Solve with Python."
@@ -389,19 +389,8 @@ def test_snakemake_rerun_incomplete_resumes_a_killed_sampling_job(setup, tmp_pat
     config["experiments"] = {"micro": spec}
     (workdir / "micro.yaml").write_text(yaml.safe_dump(config))
     target = "results/micro/sampling/samples.jsonl"
-    snakemake = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "micro.yaml"),
-        "--cores",
-        "1",
-    ]
+    config_file = str(workdir / "micro.yaml")
+    snakemake = snakemake_command(workdir, "--configfile", config_file, "--cores", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(

@@ -11,18 +11,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """This project's workflow, run by this interpreter's Snakemake in `workdir`."""
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(workdir),
-            *args,
-        ],
+        snakemake_command(workdir, *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -102,7 +102,8 @@ def loop_settings(generation: dict, seed: int) -> LoopSettings:
     )
 
 
-def _sandbox_pool(sandbox: dict, workers: int):
+def sandbox_pool(sandbox: dict, workers: int):
+    """The executor pool of a config's `sandbox` block."""
     from scdpo.sandbox import SandboxConfig, SandboxPool
 
     config = SandboxConfig(
@@ -141,7 +142,7 @@ def _generate(
     generation = params["generation"]
     settings = loop_settings(generation, params["seed"])
     key = fingerprint(params, _input_stamp(model_dir))
-    with _sandbox_pool(params["sandbox"], workers=max(1, threads)) as pool:
+    with sandbox_pool(params["sandbox"], workers=max(1, threads)) as pool:
         records, stats = run_resumable(
             items,
             make_tasks=lambda chunk: [make_task(item) for item in chunk],
@@ -164,6 +165,18 @@ def _noise(params: dict) -> NoiseLimits:
     return NoiseLimits(**params["noise"])
 
 
+def sampling_settings(params: dict) -> SamplingSettings:
+    """Naive sampling as an experiment's `sampling`, `system_prompt` and `noise` blocks say."""
+    sampling = params["sampling"]
+    return SamplingSettings(
+        temperature=sampling["temperature"],
+        max_samples=sampling["max_samples"],
+        round_size=sampling["round_size"],
+        system=params["system_prompt"],
+        noise=_noise(params),
+    )
+
+
 def sample_solutions(
     model_dir: str,
     problems_path: str,
@@ -176,14 +189,7 @@ def sample_solutions(
 ) -> None:
     """Naive sampling of one shard of the training questions."""
     problems = shard_slice(list(read_jsonl(problems_path)), shard, shards)
-    sampling = params["sampling"]
-    settings = SamplingSettings(
-        temperature=sampling["temperature"],
-        max_samples=sampling["max_samples"],
-        round_size=sampling["round_size"],
-        system=params["system_prompt"],
-        noise=_noise(params),
-    )
+    settings = sampling_settings(params)
     stats = _generate(
         problems,
         lambda p: SamplingTask(p, settings),

@@ -101,6 +101,13 @@ def _model_order(model: str) -> int:
     return MODELS.index(model) if model in MODELS else len(MODELS)
 
 
+def _sorted_by_model(table: pd.DataFrame, column: str, keys: list[str]) -> pd.DataFrame:
+    """Rows sorted by `keys`, the model `column` in pipeline order (SFT, DPO, ..., SCDPO)."""
+    order = table[column].map(_model_order)
+    keys = ["_o" if key == column else key for key in keys]
+    return table.assign(_o=order).sort_values(keys).drop(columns="_o").reset_index(drop=True)
+
+
 # --- 1. Table 1 with confidence -------------------------------------------------------------------
 
 
@@ -137,13 +144,7 @@ def accuracy_intervals(
         rows,
         columns=["experiment", "benchmark", "model", "n", "correct", "accuracy", "low", "high"],
     )
-    order = table["model"].map(_model_order)
-    return (
-        table.assign(_o=order)
-        .sort_values(["experiment", "benchmark", "_o"])
-        .drop(columns="_o")
-        .reset_index(drop=True)
-    )
+    return _sorted_by_model(table, "model", ["experiment", "benchmark", "model"])
 
 
 def paired_comparisons(
@@ -208,13 +209,7 @@ def pair_counts(pairs: Mapping[tuple[str, str], Iterable[dict]]) -> pd.DataFrame
         columns=["experiment", "variant", "source", "naive", "step_controlled"],
     )
     table["total"] = table["naive"] + table["step_controlled"]
-    order = table["variant"].map(_model_order)
-    return (
-        table.assign(_o=order)
-        .sort_values(["experiment", "_o", "source"])
-        .drop(columns="_o")
-        .reset_index(drop=True)
-    )
+    return _sorted_by_model(table, "variant", ["experiment", "variant", "source"])
 
 
 def _per_source(values: pd.Series, sources: Sequence[str]) -> str:
