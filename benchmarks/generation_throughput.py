@@ -31,12 +31,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from scdpo.generation.backends import Completion, Request, TransformersBackend
+from scdpo.config import fill_defaults
+from scdpo.generation.backends import Completion, Request
+from scdpo.generation.job import loop_settings, sandbox_pool
 from scdpo.generation.loop import LoopSettings, LoopStats, execute, extend, run_frontier
-from scdpo.pipeline import loop_settings, sampling_settings, sandbox_pool
+from scdpo.generation.transformers_engine import TransformersBackend
 from scdpo.problems import synthetic_problems
+from scdpo.sampling import SamplingTask, sampling_settings
 from scdpo.solution import Block, render_prompt, render_solution
-from scdpo.tasks import SamplingTask
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED = REPO / "results" / "tiny" / "models" / "sft"
@@ -97,6 +99,7 @@ def seed_style_loop(tasks, backend, executor, settings: LoopSettings) -> LoopSta
 
 def tiny_experiment() -> dict:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    fill_defaults(config, yaml.safe_load((REPO / "config" / "schema.yaml").read_text()))
     return config["experiments"]["tiny"]
 
 
@@ -171,7 +174,7 @@ def main() -> None:
             print("using the embedded tiny Llama, untrained")
             model = untrained_model(spec, spec["system_prompt"], f"{scratch}/model")
         print(f"model {model}; {args.threads} torch thread(s), {args.workers} sandbox workers")
-        backend = TransformersBackend(model, "cpu", generation["backend"].get("batch_size", 64))
+        backend = TransformersBackend(model, "cpu", generation["backend"]["batch_size"])
         with sandbox_pool(spec["sandbox"], args.workers) as pool:
             for _ in range(2 * args.workers):  # the workers are up before the clock starts
                 pool.run(["print(1)"])

@@ -2,6 +2,8 @@ import json
 import os
 import sys
 
+import yaml
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -14,7 +16,19 @@ if not config:
     configfile: "config/config.yaml"
 
 
-validate(config, schema="../config/schema.yaml")
+# The package's light modules (names, config) are imported from this checkout, whatever env runs
+# Snakemake.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from scdpo.config import canonical, fill_defaults
+from scdpo.names import MODELS, VARIANTS, temperature_name
+
+# Snakemake's own default filling would leak defaults across the branches of a oneOf (a jsonl
+# source's keys into a synthetic one); fill_defaults picks the branch first.
+validate(config, schema="../config/schema.yaml", set_default=False)
+with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as _schema:
+    fill_defaults(config, yaml.safe_load(_schema))
+# Every param below is cut from this config: written one way, equal values give equal params.
+config.update(canonical(config))
 
 
 envvars:
@@ -33,9 +47,6 @@ TRAIN_CLI = os.path.relpath(
     os.path.join(workflow.basedir, "workflow_scripts", "train.py")
 )
 EXPERIMENTS = list(config["experiments"])
-# The same as scdpo.pipeline.VARIANTS (tested); importing the package here would import torch.
-VARIANTS = ["dpo", "dpo_data_equal", "scdpo"]
-MODELS = ["sft"] + VARIANTS
 
 
 wildcard_constraints:
@@ -142,12 +153,16 @@ def model_dir(wildcards):
     return f"results/{wildcards.exp}/models/{wildcards.model}"
 
 
+def shard_names(exp, stage):
+    shards = config["experiments"][exp][stage]["shards"]
+    return [f"shard{i}-of{shards}" for i in range(shards)]
+
+
 def shard_files(stage):
     def files(wildcards):
-        shards = exp_config(wildcards)[stage]["shards"]
         return [
-            f"results/{wildcards.exp}/{stage}/shard{i}-of{shards}.jsonl"
-            for i in range(shards)
+            f"results/{wildcards.exp}/{stage}/{shard}.jsonl"
+            for shard in shard_names(wildcards.exp, stage)
         ]
 
     return files
@@ -159,14 +174,6 @@ def all_predictions(wildcards=None):
         for exp, spec in config["experiments"].items()
         for model in MODELS
         for benchmark in spec["benchmarks"]
-    ]
-
-
-def all_pair_summaries(wildcards=None):
-    return [
-        f"results/{exp}/pairs/{variant}/summary.json"
-        for exp in EXPERIMENTS
-        for variant in VARIANTS
     ]
 
 
@@ -222,8 +229,7 @@ def pilot_benchmarks(exp):
 
 
 def pilot_temperatures():
-    # The {temperature} wildcard: 0.0 -> "0", 1.25 -> "1.25" (scdpo.report.temperature_name).
-    return [format(float(t), "g") for t in PILOT["temperatures"]]
+    return [temperature_name(t) for t in PILOT["temperatures"]]
 
 
 def pilot_predictions(wildcards):
@@ -281,7 +287,7 @@ def rule_gpus(wildcards=None):
 
 
 def report_outputs(wildcards=None):
-    """Everything the report shows except the cost table (which waits for all of it)."""
+    """Everything the report shows but the cost table."""
     outputs = [
         "results/tables/accuracy_ci.html",
         *[f"results/{exp}/report/pilot.png" for exp in pilot_experiments()],
@@ -295,5 +301,37 @@ def report_outputs(wildcards=None):
     return outputs
 
 
-def cost_inputs(wildcards=None):
-    return all_predictions() + report_outputs()
+def all_benchmark_files(wildcards=None):
+    """The benchmark: file of every job of the run (tested to cover every rule that has one)."""
+    files = []
+    for exp, spec in config["experiments"].items():
+        jobs = {
+            "model_base": [exp],
+            "sft_train": [] if spec["sft"].get("skip", False) else [exp],
+            "solutions_sample": [f"{exp}/{s}" for s in shard_names(exp, "sampling")],
+            "negatives_step_controlled": [
+                f"{exp}/{s}" for s in shard_names(exp, "step_control")
+            ],
+            "dpo_train": [f"{exp}/{variant}" for variant in VARIANTS],
+            "eval_predict": [
+                f"{exp}/{model}/{benchmark}"
+                for model in MODELS
+                for benchmark in spec["benchmarks"]
+            ],
+            "pilot_predict": (
+                [
+                    f"{exp}/{benchmark}/t{temperature}"
+                    for benchmark in pilot_benchmarks(exp)
+                    for temperature in pilot_temperatures()
+                ]
+                if exp in pilot_experiments()
+                else []
+            ),
+            "credit_assign": [exp],
+        }
+        files += [
+            f"logs/benchmarks/{rule}/{job}.tsv"
+            for rule, names in jobs.items()
+            for job in names
+        ]
+    return files

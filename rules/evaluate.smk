@@ -2,7 +2,7 @@ rule eval_predict:
     """j. Greedy answers of one model on one benchmark, with code execution and verdicts."""
     input:
         model=model_dir,
-        problems="results/benchmarks/{benchmark}.jsonl",
+        questions="results/benchmarks/{benchmark}.jsonl",
     output:
         ensure("results/{exp}/predictions/{model}/{benchmark}.jsonl", non_empty=True),
     log:
@@ -20,17 +20,44 @@ rule eval_predict:
         generation=eval_params,
         resume="results/{exp}/.resume/predictions/{model}/{benchmark}.jsonl",
     script:
-        "../workflow_scripts/eval_predict.py"
+        "../workflow_scripts/generate.py"
 
 
 rule table_accuracy:
-    """k. Paper Table 1's shape: a row per model, a column per benchmark, plus pair counts."""
+    """k. Paper Table 1: accuracy per model and benchmark with bootstrap intervals, paired
+    differences (bootstrap + McNemar) and pair counts; compact in results/accuracy.{csv,md}.
+    """
     input:
         predictions=all_predictions,
-        pairs=all_pair_summaries,
+        pairs=all_pair_files,
     output:
-        csv="results/accuracy.csv",
-        md="results/accuracy.md",
+        table_csv="results/accuracy.csv",
+        table_md="results/accuracy.md",
+        csv=report(
+            "results/tables/accuracy_ci.csv",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "accuracy with CI (CSV)"},
+        ),
+        differences=report(
+            "results/tables/accuracy_differences.csv",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "paired differences (CSV)"},
+        ),
+        pairs=report(
+            "results/tables/pair_counts.csv",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "pair counts (CSV)"},
+        ),
+        md="results/tables/accuracy_ci.md",
+        html=report(
+            "results/tables/accuracy_ci.html",
+            caption="../report/accuracy_ci.rst",
+            category="1. Table 1",
+            labels={"table": "accuracy, differences and pair counts"},
+        ),
     log:
         "logs/table_accuracy/table.log",
     conda:
@@ -39,5 +66,7 @@ rule table_accuracy:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        statistics=statistics_params,
     script:
         "../workflow_scripts/table_accuracy.py"

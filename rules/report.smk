@@ -1,4 +1,4 @@
-# The report: Table 1 with confidence, the temperature pilot (paper Fig. 5), credit assignment
+# The report (Table 1 with confidence is rules/evaluate.smk's table_accuracy): the temperature pilot (paper Fig. 5), credit assignment
 # (Fig. 2/3) with its localisation metric, data statistics and cost. `snakemake --report` renders
 # every output flagged report(...) below into one self-contained page.
 
@@ -9,54 +9,8 @@ report: "../report/workflow.rst"
 localrules:
     pilot_problems,
     pilot_plot,
-    table_accuracy_ci,
     data_stats,
     table_cost,
-
-
-rule table_accuracy_ci:
-    """Table 1 with 95% bootstrap intervals, paired differences (bootstrap + McNemar), pair counts."""
-    input:
-        predictions=all_predictions,
-        pairs=all_pair_files,
-    output:
-        csv=report(
-            "results/tables/accuracy_ci.csv",
-            caption="../report/accuracy_ci.rst",
-            category="1. Table 1",
-            labels={"table": "accuracy with CI (CSV)"},
-        ),
-        differences=report(
-            "results/tables/accuracy_differences.csv",
-            caption="../report/accuracy_ci.rst",
-            category="1. Table 1",
-            labels={"table": "paired differences (CSV)"},
-        ),
-        pairs=report(
-            "results/tables/pair_counts.csv",
-            caption="../report/accuracy_ci.rst",
-            category="1. Table 1",
-            labels={"table": "pair counts (CSV)"},
-        ),
-        md="results/tables/accuracy_ci.md",
-        html=report(
-            "results/tables/accuracy_ci.html",
-            caption="../report/accuracy_ci.rst",
-            category="1. Table 1",
-            labels={"table": "accuracy, differences and pair counts"},
-        ),
-    log:
-        "logs/table_accuracy_ci/table.log",
-    conda:
-        "../envs/report.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=10,
-    params:
-        statistics=statistics_params,
-    script:
-        "../workflow_scripts/report_accuracy.py"
 
 
 rule pilot_problems:
@@ -84,7 +38,7 @@ rule pilot_predict:
     """Fig. 5 pilot: the SFT model's answers at one sampling temperature (evaluation's code path)."""
     input:
         model=sft_model,
-        problems="results/pilot/{benchmark}/problems.jsonl",
+        questions="results/pilot/{benchmark}/problems.jsonl",
     output:
         ensure("results/{exp}/pilot/{benchmark}/t{temperature}.jsonl", non_empty=True),
     log:
@@ -104,7 +58,7 @@ rule pilot_predict:
         generation=pilot_generation_params,
         resume="results/{exp}/.resume/pilot/{benchmark}/t{temperature}.jsonl",
     script:
-        "../workflow_scripts/eval_predict.py"
+        "../workflow_scripts/generate.py"
 
 
 rule pilot_plot:
@@ -210,7 +164,7 @@ rule data_stats:
 rule table_cost:
     """Wall time, CPU time, memory and GPU-hours per stage from the benchmark files."""
     input:
-        cost_inputs,
+        benchmarks=all_benchmark_files,
     output:
         csv="results/tables/cost.csv",
         md="results/tables/cost.md",
@@ -229,7 +183,6 @@ rule table_cost:
         mem_mb=2000,
         runtime=10,
     params:
-        benchmarks="logs/benchmarks",
         experiments=EXPERIMENTS,
         gpus=rule_gpus,
     script:

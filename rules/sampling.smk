@@ -2,7 +2,7 @@ rule solutions_sample:
     """d-e. Naive sampling with code execution, graded and filtered, one shard of the questions."""
     input:
         model=sft_model,
-        problems="results/{exp}/problems/dpo.jsonl",
+        questions="results/{exp}/problems/dpo.jsonl",
     output:
         temp("results/{exp}/sampling/shard{shard}-of{shards}.jsonl"),
     log:
@@ -20,7 +20,7 @@ rule solutions_sample:
         generation=sampling_params,
         resume="results/{exp}/.resume/sampling/shard{shard}-of{shards}.jsonl",
     script:
-        "../workflow_scripts/solutions_sample.py"
+        "../workflow_scripts/generate.py"
 
 
 rule solutions_merge:

@@ -2,7 +2,7 @@ rule negatives_step_controlled:
     """g. Step-controlled negatives: continue preferred solutions from split points, hotter each block."""
     input:
         model=sft_model,
-        samples="results/{exp}/sampling/samples.jsonl",
+        questions="results/{exp}/sampling/samples.jsonl",
     output:
         temp("results/{exp}/step_control/shard{shard}-of{shards}.jsonl"),
     log:
@@ -20,7 +20,7 @@ rule negatives_step_controlled:
         generation=step_control_params,
         resume="results/{exp}/.resume/step_control/shard{shard}-of{shards}.jsonl",
     script:
-        "../workflow_scripts/negatives_step_controlled.py"
+        "../workflow_scripts/generate.py"
 
 
 rule negatives_merge:

@@ -7,9 +7,43 @@ the code) a boxed answer that is right or wrong depending on the request's seed 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import yaml
+
+from scdpo.config import fill_defaults
 from scdpo.generation.backends import Completion, Request
-from scdpo.solution import ASSISTANT, END_OF_BLOCK, END_OF_MESSAGE
+from scdpo.labels import Rubric
+from scdpo.sampling import SamplingSettings
+from scdpo.solution import ASSISTANT, END_OF_BLOCK, END_OF_MESSAGE, NoiseLimits
+from scdpo.step_control import SCHEDULE_PRESETS, StepControlSettings
+
+RUBRIC = Rubric(system="", noise=NoiseLimits())
+SCHEMA = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "config" / "schema.yaml").read_text()
+)
+
+
+def source(block: dict) -> dict:
+    """A problem source block with the schema's defaults filled in, as the workflow passes it."""
+    return fill_defaults(block, SCHEMA["$defs"]["problem_source"], SCHEMA)
+
+
+def sampling_settings(**overrides) -> SamplingSettings:
+    """Sampling settings of the tests: the paper's values unless overridden."""
+    values = {"temperature": 1.0, "max_samples": 100, "round_size": 4, "rubric": RUBRIC}
+    return SamplingSettings(**values | overrides)
+
+
+def step_control_settings(**overrides) -> StepControlSettings:
+    values = {
+        "schedule": SCHEDULE_PRESETS["paper"],
+        "max_tries": 8,
+        "max_pairs": 2,
+        "seed": 0,
+        "rubric": RUBRIC,
+    }
+    return StepControlSettings(**values | overrides)
 
 
 class ScriptedBackend:

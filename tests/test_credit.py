@@ -5,7 +5,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from scdpo.credit import (
+from scdpo.results.credit import (
     TokenRewards,
     block_rewards,
     implicit_reward,

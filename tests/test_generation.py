@@ -1,20 +1,15 @@
 import json
 
 import pytest
-from fakes import ScriptedBackend, questions
+from fakes import RUBRIC, ScriptedBackend, questions, sampling_settings, step_control_settings
 
+from scdpo.evaluate import AnswerTask
 from scdpo.generation.loop import LoopSettings, run_frontier
 from scdpo.generation.runner import run_resumable, shard_slice
+from scdpo.sampling import SamplingTask
 from scdpo.sandbox import SandboxConfig, SandboxPool
 from scdpo.solution import Block, split_points
-from scdpo.tasks import (
-    AnswerTask,
-    SamplingSettings,
-    SamplingTask,
-    StepControlSettings,
-    StepControlTask,
-    TemperatureSchedule,
-)
+from scdpo.step_control import StepControlTask, TemperatureSchedule
 
 SETTINGS = LoopSettings(max_new_tokens=16, max_calls=16, max_prompt_tokens=1000, seed=7)
 
@@ -26,7 +21,7 @@ def pool():
 
 
 def test_answers_run_code_in_the_sandbox_and_are_graded(pool):
-    tasks = [AnswerTask(q, 0.0, "", SamplingSettings().noise) for q in questions(5)]
+    tasks = [AnswerTask(q, 0.0, RUBRIC) for q in questions(5)]
     backend = ScriptedBackend(wrong_when=lambda r: False)
     stats = run_frontier(tasks, backend, pool, SETTINGS)
     for task in tasks:
@@ -39,7 +34,7 @@ def test_answers_run_code_in_the_sandbox_and_are_graded(pool):
 
 
 def test_sampling_stops_once_a_pair_exists_or_k_were_drawn(pool):
-    settings = SamplingSettings(max_samples=12, round_size=4)
+    settings = sampling_settings(max_samples=12, round_size=4)
     mixed = [SamplingTask(q, settings) for q in questions(4)]
     run_frontier(mixed, ScriptedBackend(), pool, SETTINGS)
     for task in mixed:
@@ -59,7 +54,7 @@ def test_step_control_continues_from_split_points_with_rising_temperature(pool):
         Block("text", "So \\boxed{2}."),
     ]
     schedule = TemperatureSchedule(1.1, 0.1, 1.15)
-    settings = StepControlSettings(schedule=schedule, max_tries=5, max_pairs=2, seed=1)
+    settings = step_control_settings(schedule=schedule, max_tries=5, max_pairs=2, seed=1)
     # Wrong only when hot enough: the answer block is the second generated one (1.1 + 0.1, capped).
     backend = ScriptedBackend(wrong_when=lambda r: r.temperature >= 1.15)
     task = StepControlTask(questions(1)[0], chosen, settings)
@@ -80,7 +75,7 @@ def test_step_control_gives_up_after_max_tries(pool):
         Block("execution", "2\n"),
         Block("text", "\\boxed{2}"),
     ]
-    settings = StepControlSettings(max_tries=3, max_pairs=2)
+    settings = step_control_settings(max_tries=3, max_pairs=2)
     task = StepControlTask(questions(1)[0], chosen, settings)
     backend = ScriptedBackend(wrong_when=lambda r: False)
     run_frontier([task], backend, pool, SETTINGS)
@@ -101,7 +96,7 @@ class Crash(RuntimeError):
 
 
 def _resumable(tmp_path, backend, pool, name="state.jsonl"):
-    settings = SamplingSettings(max_samples=8, round_size=2)
+    settings = sampling_settings(max_samples=8, round_size=2)
     return run_resumable(
         questions(10),
         make_tasks=lambda chunk: [SamplingTask(q, settings) for q in chunk],

@@ -1,8 +1,8 @@
 """Generation survives SIGKILL and is reproducible (issue 5).
 
 A tiny Llama (trained for a few seconds, so that it writes blocks, code and answers) samples a
-dozen synthetic questions through `scdpo.pipeline.sample_solutions`, the function the
-`solutions_sample` rule calls:
+dozen synthetic questions through `scdpo.sampling.sampling_stage` and
+`scdpo.generation.job.run_stage`, what the `solutions_sample` rule calls:
 
 - determinism: two runs in different processes write byte-identical sample files;
 - kill and resume: a run in a subprocess is SIGKILLed after it has saved 1, then 3 chunks to its
@@ -30,8 +30,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fakes import SCHEMA
 from workflow_run import REPO, snakemake_command
 
+from scdpo.config import fill_defaults
 from scdpo.jsonl import read_jsonl, write_jsonl
 from scdpo.problems import synthetic_problems
 from scdpo.solution import Block, render_prompt, render_solution
@@ -50,18 +52,19 @@ MODEL = {
     "seed": 0,
 }
 
-# Runs sample_solutions for each listed shard, in a fresh interpreter.
+# Runs naive sampling for each listed shard, in a fresh interpreter.
 RUNNER = textwrap.dedent(
     """
     import json, logging, sys
     import torch
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from scdpo.pipeline import sample_solutions
+    from scdpo.generation.job import run_stage
+    from scdpo.sampling import sampling_stage
     job = json.load(open(sys.argv[1]))
     for run in job["runs"]:
-        sample_solutions(job["model"], job["problems"], run["shard"], job["shards"],
-                         job["params"], run["out"], run["resume"], 1)
+        stage = sampling_stage(job["problems"], run["shard"], job["shards"], job["params"])
+        run_stage(stage, job["model"], job["params"], run["out"], run["resume"], 1)
     """
 )
 
@@ -69,6 +72,7 @@ RUNNER = textwrap.dedent(
 def micro_experiment() -> dict:
     """The embedded `tiny` experiment with micro numbers (what the workflow's config holds)."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    fill_defaults(config, SCHEMA)
     spec = copy.deepcopy(config["experiments"]["tiny"])
     spec["model"] = dict(MODEL)
     spec["system_prompt"] = SYSTEM
@@ -208,20 +212,15 @@ def test_the_tiny_model_exercises_the_whole_loop(setup):
 
 def test_same_config_and_seed_give_byte_identical_samples(setup):
     """A second run, in this process (other state than the reference's fresh interpreter)."""
-    from scdpo.pipeline import sample_solutions
+    from scdpo.generation.job import run_stage
+    from scdpo.sampling import sampling_stage
 
     root, job = setup["root"], setup["job"]
     for shard in range(SHARDS):
         out = root / f"again{shard}.jsonl"
-        sample_solutions(
-            job["model"],
-            job["problems"],
-            shard,
-            SHARDS,
-            job["params"],
-            str(out),
-            str(root / f"again{shard}.resume"),
-            1,
+        stage = sampling_stage(job["problems"], shard, SHARDS, job["params"])
+        run_stage(
+            stage, job["model"], job["params"], str(out), str(root / f"again{shard}.resume"), 1
         )
         assert out.read_bytes() == setup["reference"][shard].read_bytes()
 
@@ -229,7 +228,8 @@ def test_same_config_and_seed_give_byte_identical_samples(setup):
 def test_rows_do_not_depend_on_batch_mates_and_cached_prefixes_change_nothing(setup):
     """The transformers engine: a request's tokens are the same alone or in a batch, and a
     continuation served from the prefix cache equals plain greedy `generate` from scratch."""
-    from scdpo.generation.backends import Request, TransformersBackend
+    from scdpo.generation.backends import Request
+    from scdpo.generation.transformers_engine import TransformersBackend
 
     backend = TransformersBackend(setup["job"]["model"], batch_size=6)
     problems = list(read_jsonl(setup["job"]["problems"]))[:4]
@@ -289,17 +289,13 @@ class StreamingScript:
 
 def test_streaming_and_round_drivers_give_the_same_records():
     """All three tasks; a streaming engine's rows end at different steps and interleave."""
-    from fakes import ScriptedBackend, questions
+    from fakes import RUBRIC, ScriptedBackend, questions, sampling_settings, step_control_settings
 
+    from scdpo.evaluate import AnswerTask
     from scdpo.generation.loop import LoopSettings, run_frontier
+    from scdpo.sampling import SamplingTask
     from scdpo.sandbox import SandboxConfig, SandboxPool
-    from scdpo.tasks import (
-        AnswerTask,
-        SamplingSettings,
-        SamplingTask,
-        StepControlSettings,
-        StepControlTask,
-    )
+    from scdpo.step_control import StepControlTask
 
     chosen = [
         Block("text", "Compute it."),
@@ -313,9 +309,9 @@ def test_streaming_and_round_drivers_give_the_same_records():
 
     def tasks():
         return (
-            [SamplingTask(q, SamplingSettings(max_samples=8, round_size=2)) for q in questions(6)]
-            + [StepControlTask(q, chosen, StepControlSettings(max_tries=3)) for q in questions(3)]
-            + [AnswerTask(q, 0.0, "", SamplingSettings().noise) for q in questions(3)]
+            [SamplingTask(q, sampling_settings(max_samples=8, round_size=2)) for q in questions(6)]
+            + [StepControlTask(q, chosen, step_control_settings(max_tries=3)) for q in questions(3)]
+            + [AnswerTask(q, 0.0, RUBRIC) for q in questions(3)]
         )
 
     def canonical(task_list):
@@ -339,7 +335,7 @@ def test_vllm_completions_read_the_stop_marker_off_the_last_token():
     (nor installed) to check how its outputs are read."""
     from types import SimpleNamespace
 
-    from scdpo.generation.backends import VLLMBackend
+    from scdpo.generation.vllm_engine import VLLMBackend
 
     class Tokenizer:
         def decode(self, ids, skip_special_tokens):

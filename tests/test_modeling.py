@@ -82,7 +82,9 @@ def test_real_model_source_loads_from_a_local_path(tmp_path):
     model = create_tiny_llama(tokenizer, SPEC, seed=0)
     save(model, tokenizer, tmp_path / "hub-like")
     build_base_model(
-        {"source": "hf", "name_or_path": str(tmp_path / "hub-like")}, [], tmp_path / "b"
+        {"source": "hf", "name_or_path": str(tmp_path / "hub-like"), "dtype": "auto"},
+        [],
+        tmp_path / "b",
     )
     assert AutoTokenizer.from_pretrained(tmp_path / "b").eos_token == END_OF_MESSAGE
     with pytest.raises(OSError):

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from fakes import source
 
 from scdpo.grading import grade
 from scdpo.jsonl import DataError
@@ -32,7 +33,7 @@ def test_synthetic_reference_solutions_execute_to_their_answer():
 def test_synthetic_cot_solutions_state_each_step_as_text():
     code, cot = (
         synthetic_problems(30, seed=5),
-        load_problems({"source": "synthetic", "n": 30, "seed": 5}, solution_format="cot"),
+        load_problems(source({"source": "synthetic", "n": 30, "seed": 5}), solution_format="cot"),
     )
     for with_code, problem in zip(code, cot, strict=True):
         # the same draws: only the solution's format differs
@@ -68,7 +69,7 @@ def test_train_and_test_sets_do_not_share_ids():
     ],
 )
 def test_loader_reads_the_real_benchmark_files(benchmarks_dir, name, count):
-    problems = load_problems({"source": "jsonl", "path": str(benchmarks_dir / name)})
+    problems = load_problems(source({"source": "jsonl", "path": str(benchmarks_dir / name)}))
     if count is not None:
         assert len(problems) == count
     assert all(p["question"] and p["answer"] for p in problems)
@@ -105,6 +106,6 @@ def test_hf_loader_reads_a_local_dataset_directory(tmp_path):
     ]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "test.parquet"))
     problems = load_problems(
-        {"source": "hf", "id": str(tmp_path), "split": "test", "answer_format": "gsm8k"}
+        source({"source": "hf", "id": str(tmp_path), "split": "test", "answer_format": "gsm8k"})
     )
     assert [p["answer"] for p in problems] == ["4", "9"]

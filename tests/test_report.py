@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scdpo import report
 from scdpo.jsonl import read_jsonl, write_jsonl
+from scdpo.names import temperature_name
+from scdpo.results import accuracy, cost, credit_pages, data_stats, pilot, render
 from scdpo.solution import Block, render_prompt, render_solution
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,19 +42,19 @@ def _outcomes(n: int = 400, planted: int = 40) -> dict:
 
 def test_accuracy_interval_contains_the_known_rate_in_percent():
     outcomes = {("e", "sft", "b"): _by_id(_bernoulli(0.3, 2000, seed=3))}
-    row = report.accuracy_intervals(outcomes).iloc[0]
+    row = accuracy.accuracy_intervals(outcomes).iloc[0]
     assert row["n"] == 2000 and row["correct"] == round(row["accuracy"] * 20)
     assert row["low"] < 30 < row["high"]
     assert 3.5 < row["high"] - row["low"] < 4.5  # 2 * 1.96 * sqrt(.21 / 2000) = 4.0 points
 
 
 def test_rows_follow_the_paper_model_order():
-    table = report.accuracy_intervals(_outcomes())
+    table = accuracy.accuracy_intervals(_outcomes())
     assert list(table["model"]) == ["sft", "dpo", "scdpo"]
 
 
 def test_paired_test_detects_a_planted_difference_and_not_a_null_one():
-    diffs = report.paired_comparisons(_outcomes(planted=40)).set_index("comparison")
+    diffs = accuracy.paired_comparisons(_outcomes(planted=40)).set_index("comparison")
     planted = diffs.loc["SCDPO - SFT"]
     assert planted["difference"] == pytest.approx(100 * 40 / 400)
     assert planted["low"] > 0 and planted["p_mcnemar"] < 1e-6
@@ -64,7 +65,7 @@ def test_paired_test_detects_a_planted_difference_and_not_a_null_one():
 
 
 def test_only_comparisons_whose_two_models_exist_are_made():
-    comparisons = set(report.paired_comparisons(_outcomes())["comparison"])
+    comparisons = set(accuracy.paired_comparisons(_outcomes())["comparison"])
     # No DPO (data-equal) predictions: neither of its comparisons.
     assert comparisons == {"DPO - SFT", "SCDPO - SFT", "SCDPO - DPO"}
 
@@ -73,7 +74,7 @@ def test_a_paired_test_refuses_predictions_on_different_questions():
     outcomes = _outcomes()
     outcomes[("e", "dpo", "bench")] = {"other": True}
     with pytest.raises(ValueError, match="different questions"):
-        report.paired_comparisons(outcomes)
+        accuracy.paired_comparisons(outcomes)
 
 
 def test_pair_counts_split_by_source_tag_as_in_the_paper():
@@ -86,18 +87,18 @@ def test_pair_counts_split_by_source_tag_as_in_the_paper():
             {"id": "math:1", "kind": "step_controlled"},
         ],
     }
-    counts = report.pair_counts(pairs)
+    counts = accuracy.pair_counts(pairs)
     row = counts.set_index(["variant", "source"]).loc[("scdpo", "gsm8k")]
     assert (row["naive"], row["step_controlled"], row["total"]) == (1, 2, 3)
-    wide = report.pair_counts_wide(counts).set_index("model")
+    wide = accuracy.pair_counts_wide(counts).set_index("model")
     assert wide.loc["SCDPO", "naive pairs (gsm8k / math)"] == "1 / 0"
     assert wide.loc["SCDPO", "step-controlled pairs (gsm8k / math)"] == "2 / 1"
     assert wide.loc["DPO", "total"] == 2
 
 
 def test_untagged_pair_counts_have_one_column_per_kind():
-    counts = report.pair_counts({("e", "dpo_data_equal"): [{"id": "7", "kind": "naive_extra"}]})
-    wide = report.pair_counts_wide(counts)
+    counts = accuracy.pair_counts({("e", "dpo_data_equal"): [{"id": "7", "kind": "naive_extra"}]})
+    wide = accuracy.pair_counts_wide(counts)
     assert list(wide.columns) == [
         "experiment",
         "model",
@@ -109,9 +110,9 @@ def test_untagged_pair_counts_have_one_column_per_kind():
 
 
 def test_formatting_of_intervals_and_p_values():
-    assert report.fmt_ci(76.84, 74.51, 79.0) == "76.8 [74.5, 79.0]"
-    assert report.fmt_ci(1.3, -0.4, 3.0, signed=True) == "+1.3 [-0.4, +3.0]"
-    assert report.fmt_p(0.0004) == "<0.001" and report.fmt_p(0.0312) == "0.031"
+    assert render.fmt_ci(76.84, 74.51, 79.0) == "76.8 [74.5, 79.0]"
+    assert render.fmt_ci(1.3, -0.4, 3.0, signed=True) == "+1.3 [-0.4, +3.0]"
+    assert render.fmt_p(0.0004) == "<0.001" and render.fmt_p(0.0312) == "0.031"
 
 
 def _write_predictions(path, by_id: dict[str, bool]) -> str:
@@ -127,11 +128,17 @@ def test_accuracy_report_writes_csv_markdown_and_html(tmp_path):
     write_jsonl(tmp_path / "pairs.jsonl", [{"id": "1", "kind": "step_controlled"}])
     out = {
         name: str(tmp_path / f"out.{name}")
-        for name in ("csv", "differences", "pairs", "md", "html")
+        for name in ("table_csv", "table_md", "csv", "differences", "pairs", "md", "html")
     }
-    report.accuracy_report(
+    accuracy.accuracy_report(
         paths, {("e", "scdpo"): [str(tmp_path / "pairs.jsonl")]}, out, n_boot=500
     )
+    # The compact table: one row per model, the accuracy of the interval table, pair counts.
+    table = pd.read_csv(out["table_csv"]).set_index("model")
+    assert list(table.index) == ["SFT", "DPO", "SCDPO"]
+    assert table.loc["SCDPO", "pairs"] == 1 and table.loc["SCDPO", "step-controlled pairs"] == 1
+    assert math.isnan(table.loc["SFT", "pairs"])
+    assert "| SCDPO" in (tmp_path / "out.table_md").read_text()
     md = (tmp_path / "out.md").read_text()
     assert "| SCDPO" in md and "bench (n=400)" in md
     assert "+10.0 [" in md and "<0.001" in md
@@ -146,16 +153,16 @@ def test_accuracy_report_writes_csv_markdown_and_html(tmp_path):
 
 def test_pilot_subset_is_seeded_sized_and_in_file_order():
     records = [{"id": str(i)} for i in range(50)]
-    subset = report.subset_problems(records, 10, seed=0)
+    subset = pilot.subset_problems(records, 10, seed=0)
     assert len(subset) == 10
     ids = [int(r["id"]) for r in subset]
     assert ids == sorted(ids) and ids != list(range(10))
-    assert subset == report.subset_problems(records, 10, seed=0)
-    assert report.subset_problems(records, 99, seed=0) == records
+    assert subset == pilot.subset_problems(records, 10, seed=0)
+    assert pilot.subset_problems(records, 99, seed=0) == records
 
 
 def test_temperature_names_are_stable_wildcards():
-    assert [report.temperature_name(t) for t in (0.0, 0.5, 1, 1.25)] == ["0", "0.5", "1", "1.25"]
+    assert [temperature_name(t) for t in (0.0, 0.5, 1, 1.25)] == ["0", "0.5", "1", "1.25"]
 
 
 def test_pilot_table_and_plot(tmp_path):
@@ -163,11 +170,11 @@ def test_pilot_table_and_plot(tmp_path):
         ("b", 1.0): [True] * 3 + [False] * 7,
         ("b", 0.0): [True] * 6 + [False] * 4,
     }
-    table = report.pilot_table(outcomes, n_boot=200)
+    table = pilot.pilot_table(outcomes, n_boot=200)
     assert list(table["temperature"]) == [0.0, 1.0]
     assert list(table["accuracy"]) == [60.0, 30.0]
     assert (table["low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["high"]).all()
-    report.plot_pilot(table, tmp_path / "p.png", "pilot")
+    pilot.plot_pilot(table, tmp_path / "p.png", "pilot")
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
 
 
@@ -183,7 +190,7 @@ BLOCKS = [
 
 def test_block_spans_tile_the_completion_with_markers_in_their_block():
     completion = render_solution(BLOCKS)
-    spans = report.completion_block_spans(completion)
+    spans = credit_pages.completion_block_spans(completion)
     assert [completion[s:e] for s, e in spans[:-1]] == [b.render() for b in BLOCKS[:-1]]
     assert completion[slice(*spans[-1])] == BLOCKS[-1].render() + "<|endofmessage|>"
     assert spans[0][0] == 0 and spans[-1][1] == len(completion)
@@ -196,13 +203,13 @@ def _pair(i: int, kind: str = "step_controlled") -> dict:
 
 def test_held_out_sc_pairs_are_used_when_there_are_enough():
     eval_pairs = [_pair(1), _pair(2, "naive"), _pair(3)]
-    chosen = report.select_sc_pairs(eval_pairs, [_pair(9)], min_held_out=2, max_pairs=10)
+    chosen = credit_pages.select_sc_pairs(eval_pairs, [_pair(9)], min_held_out=2, max_pairs=10)
     assert [(p["id"], p["split"]) for p in chosen] == [("1", "held-out"), ("3", "held-out")]
 
 
 def test_too_few_held_out_pairs_are_topped_up_in_sample_from_the_end_of_train():
     train = [_pair(10), _pair(11, "naive"), _pair(12), _pair(13)]
-    chosen = report.select_sc_pairs([_pair(1)], train, min_held_out=5, max_pairs=3)
+    chosen = credit_pages.select_sc_pairs([_pair(1)], train, min_held_out=5, max_pairs=3)
     assert [(p["id"], p["split"]) for p in chosen] == [
         ("1", "held-out"),
         ("12", "in-sample"),
@@ -213,7 +220,7 @@ def test_too_few_held_out_pairs_are_topped_up_in_sample_from_the_end_of_train():
 def test_token_rewards_from_log_probabilities():
     import torch
 
-    tr = report.token_rewards_from(
+    tr = credit_pages.token_rewards_from(
         ["ab", "", "c"], torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-1.5, -2.0, -1.0]), 0.5
     )
     assert tr.offsets == [(0, 2), (2, 2), (2, 3)]
@@ -223,7 +230,7 @@ def test_token_rewards_from_log_probabilities():
 def test_localisation_table_on_planted_rewards():
     perfect = [("held-out", [-3.0, 1.0, 0.5]), ("held-out", [-1.0, 0.0])]
     blind = [("held-out", [1.0, -3.0, 0.5]), ("in-sample", [2.0, 0.0])]
-    table = report.localisation_table({"scdpo": perfect, "dpo": blind}).set_index(
+    table = credit_pages.localisation_table({"scdpo": perfect, "dpo": blind}).set_index(
         ["model", "pairs"]
     )
     assert table.loc[("SCDPO", "held-out"), "auc"] == 1.0
@@ -239,7 +246,7 @@ def test_per_token_localisation_removes_the_length_of_a_block():
     pairs = [{"split": "held-out"}]
     summed = {"scdpo": [[-1.0, -4.0]]}
     mean = {"scdpo": [[-1.0, -0.1]]}
-    row = report.localisation_with_per_token(pairs, summed, mean).iloc[0]
+    row = credit_pages.localisation_with_per_token(pairs, summed, mean).iloc[0]
     assert (row["auc"], row["top1"]) == (0.0, 0.0)
     assert (row["auc_per_token"], row["top1_per_token"]) == (1.0, 1.0)
 
@@ -263,8 +270,8 @@ def _tiny_model_dirs(tmp_path, texts: list[str]) -> dict[str, str]:
 
 
 def test_credit_report_matches_a_direct_implicit_reward(tmp_path):
-    from scdpo.credit import block_rewards, implicit_reward
     from scdpo.modeling import load
+    from scdpo.results.credit import block_rewards, implicit_reward
 
     prompt = render_prompt("Janet has 3 apples and buys 5. How many?", "Solve.")
     pair = {
@@ -288,11 +295,11 @@ def test_credit_report_matches_a_direct_implicit_reward(tmp_path):
     models = {m: dirs[m] for m in ("dpo", "dpo_data_equal", "scdpo")}
     settings = {"pages": 3, "min_held_out": 1, "max_pairs": 10}
     eval_path, train_path = str(tmp_path / "eval.jsonl"), str(tmp_path / "train.jsonl")
-    report.credit_report(dirs["reference"], models, eval_path, train_path, 0.1, settings, out)
+    credit_pages.credit_report(dirs["reference"], models, eval_path, train_path, 0.1, settings, out)
     policy, tokenizer = load(dirs["scdpo"])
     reference, _ = load(dirs["reference"])
     direct = implicit_reward(policy, reference, tokenizer, pair["prompt"], pair["rejected"], 0.1)
-    expected = block_rewards(direct, report.completion_block_spans(pair["rejected"]))
+    expected = block_rewards(direct, credit_pages.completion_block_spans(pair["rejected"]))
     record = next(read_jsonl(out["rewards"]))
     assert record["split"] == "held-out"
     assert record["rejected_block_rewards"]["scdpo"] == pytest.approx(expected, abs=1e-5)
@@ -349,30 +356,30 @@ NEGATIVES = [
 
 
 def test_samples_drawn_per_pair_obtained():
-    summary = report.sampling_summary(SAMPLES)
+    summary = data_stats.sampling_summary(SAMPLES)
     assert summary["samples drawn"] == 9 and summary["questions with a pair"] == 2
     assert summary["samples drawn per pair obtained"] == pytest.approx(9 / 2)
     assert summary["samples drawn per question with a pair (median)"] == 2.5
 
 
 def test_step_controlled_yield_per_split_index():
-    table = report.yield_by_split(NEGATIVES).set_index("k")
+    table = data_stats.yield_by_split(NEGATIVES).set_index("k")
     assert table.loc[0, "tried"] == 2 and table.loc[0, "continuations"] == 7
     assert table.loc[0, "negatives per split point"] == 0.5
     assert table.loc[2, "negatives per continuation"] == 1.0
-    summary = report.step_control_summary(NEGATIVES)
+    summary = data_stats.step_control_summary(NEGATIVES)
     assert summary["continuations per SC pair obtained"] == pytest.approx(8 / 2)
 
 
 def test_temperature_of_the_wrong_continuation():
-    table = report.wrong_temperatures(NEGATIVES)
+    table = data_stats.wrong_temperatures(NEGATIVES)
     assert list(table["temperature of last block"]) == [1.1, 1.15]
     assert list(table["negatives"]) == [1, 1]
     assert list(table["mean model calls"]) == [1, 2]
 
 
 def test_answer_lengths_by_group():
-    lengths = report.answer_lengths(SAMPLES, NEGATIVES)
+    lengths = data_stats.answer_lengths(SAMPLES, NEGATIVES)
     counts = lengths["group"].value_counts()
     assert counts["naive preferred"] == 2 and counts["naive dispreferred"] == 2
     assert counts["SC chosen suffix"] == 2 and counts["SC rejected suffix"] == 2
@@ -385,7 +392,7 @@ def test_data_stats_report_writes_tables_and_figure(tmp_path):
     write_jsonl(tmp_path / "s.jsonl", SAMPLES)
     write_jsonl(tmp_path / "n.jsonl", NEGATIVES)
     out = {k: str(tmp_path / f"d.{k}") for k in ("md", "html", "png", "yields")}
-    report.data_stats_report(str(tmp_path / "s.jsonl"), str(tmp_path / "n.jsonl"), out, "t")
+    data_stats.data_stats_report(str(tmp_path / "s.jsonl"), str(tmp_path / "n.jsonl"), out, "t")
     md = (tmp_path / "d.md").read_text()
     assert "samples drawn per pair obtained" in md and "Yield per split index k" in md
     assert (tmp_path / "d.png").read_bytes()[:8] == PNG_MAGIC
@@ -412,9 +419,11 @@ def test_cost_per_stage_with_gpu_hours_only_where_gpus_ran(tmp_path):
     _tsv(bench / "dpo_train" / "e" / "dpo.tsv", 7200, extra=str({"gpu": 4, "mem_mb": 1}))
     _tsv(bench / "sft_train" / "e.tsv", 360)
     _tsv(bench / "model_base" / "other.tsv", 36)
-    records = report.benchmark_records(bench, ["e"])
+    _tsv(bench / "sft_train" / "stale.tsv", 99999)  # an earlier run's file, not an input
+    files = [p for p in bench.rglob("*.tsv") if p.name != "stale.tsv"]
+    records = cost.benchmark_records(files, ["e"])
     gpus = {"sft_train": 0, "dpo_train": 0, "eval_predict": 1}
-    table = report.cost_table(records, gpus, ["model_base", "sft_train", "dpo_train"])
+    table = cost.cost_table(records, gpus, ["model_base", "sft_train", "dpo_train"])
     assert list(table["stage"]) == ["model_base", "sft_train", "dpo_train", "eval_predict", ""]
     # sft_train/e.tsv names the experiment by its file; model_base/other.tsv names none.
     assert list(table["experiment"]) == ["", "e", "e", "e", "total"]
@@ -431,10 +440,10 @@ def test_cost_per_stage_with_gpu_hours_only_where_gpus_ran(tmp_path):
 
 
 def test_cost_report_files(tmp_path):
-    bench = tmp_path / "b"
+    bench = tmp_path / "logs" / "benchmarks"
     _tsv(bench / "eval_predict" / "e" / "x.tsv", 60)
     out = {k: str(tmp_path / f"c.{k}") for k in ("csv", "md", "html")}
-    report.cost_report(str(bench), ["e"], {"eval_predict": 0}, out)
+    cost.cost_report([str(bench / "eval_predict" / "e" / "x.tsv")], ["e"], {"eval_predict": 0}, out)
     md = (tmp_path / "c.md").read_text()
     assert "eval_predict" in md and "total" in md
     assert json.dumps(pd.read_csv(out["csv"])["jobs"].tolist()) == "[1, 1]"

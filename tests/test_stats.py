@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from scdpo.stats import PairedResult, accuracy_ci, mcnemar_exact, paired_difference
+from scdpo.results.stats import PairedResult, accuracy_ci, mcnemar_exact, paired_difference
 
 
 def _bernoulli(p: float, n: int, seed: int) -> np.ndarray:

@@ -75,3 +75,22 @@ def test_unknown_benchmark_name_is_reported(tmp_path):
     result = _bad_config(tmp_path, lambda c: c["experiments"]["tiny"].update(benchmarks=["gsm9k"]))
     assert result.returncode != 0
     assert "gsm9k" in result.output
+
+
+def test_the_cost_table_reads_the_benchmark_file_of_every_planned_job(tmp_path):
+    """table_cost's inputs are exactly the benchmark: files of the jobs the run plans."""
+    import re
+
+    from workflow_run import planned_jobs
+
+    result = dry_run("--configfile", str(REPO / "config" / "micro.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    job = result.stdout.split("rule table_cost:", 1)[1].split("output:", 1)[0]
+    files = re.findall(r"logs/benchmarks/([a-z_]+)/\S+\.tsv", job)
+    rules = "".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
+    with_benchmark = set(re.findall(r"^rule (\w+):\n(?:    .*\n|\n)*?    benchmark:", rules, re.M))
+    assert set(files) == with_benchmark
+    planned = planned_jobs(result.stdout)
+    assert {rule: files.count(rule) for rule in set(files)} == {
+        rule: planned[rule] for rule in with_benchmark
+    }

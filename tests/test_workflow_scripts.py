@@ -2,7 +2,6 @@
 
 import ast
 import importlib
-import re
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,12 @@ def test_the_check_sees_the_scripts_imports():
     assert {"VARIANTS", "credit_report"} <= names
 
 
-def test_the_workflow_and_the_package_name_the_same_models():
-    # rules/common.smk keeps its own copy so that building the DAG does not import torch
-    from scdpo.pipeline import MODELS, VARIANTS
+def test_every_variant_has_a_pair_set():
+    # The rules and the package read the variants from scdpo.names; each needs a pair builder.
+    from scdpo.names import MODELS, VARIANTS
+    from scdpo.pairs import PAIR_SETS
 
-    common = (SCRIPTS[0].parents[1] / "rules" / "common.smk").read_text()
-    variants = re.search(r"^VARIANTS = (\[.*\])$", common, flags=re.M)
-    assert variants, "rules/common.smk defines VARIANTS on one line"
-    assert tuple(ast.literal_eval(variants[1])) == VARIANTS
-    assert re.search(r'^MODELS = \["sft"\] \+ VARIANTS$', common, flags=re.M)
+    assert tuple(PAIR_SETS) == VARIANTS
     assert MODELS == ("sft", *VARIANTS)
+    common = (SCRIPTS[0].parents[1] / "rules" / "common.smk").read_text()
+    assert "from scdpo.names import" in common and "\nVARIANTS = " not in common

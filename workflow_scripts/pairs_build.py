@@ -4,7 +4,7 @@ from _workflow import to_log
 
 to_log(snakemake.log[0])
 
-from scdpo.pipeline import build_pairs
+from scdpo.pairs import build_pairs
 
 build_pairs(
     snakemake.wildcards.variant,

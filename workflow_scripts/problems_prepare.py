@@ -2,7 +2,7 @@ from _workflow import to_log
 
 to_log(snakemake.log[0])
 
-from scdpo.pipeline import prepare_problems
+from scdpo.problems import prepare_problems
 
 prepare_problems(
     snakemake.params.source,

@@ -2,10 +2,10 @@ from _workflow import to_log
 
 to_log(snakemake.log[0])
 
-from scdpo.report import cost_report
+from scdpo.results.cost import cost_report
 
 cost_report(
-    snakemake.params.benchmarks,
+    list(snakemake.input.benchmarks),
     snakemake.params.experiments,
     snakemake.params.gpus,
     snakemake.output,

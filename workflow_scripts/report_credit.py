@@ -2,8 +2,8 @@ from _workflow import to_log
 
 to_log(snakemake.log[0])
 
-from scdpo.pipeline import VARIANTS
-from scdpo.report import credit_report
+from scdpo.names import VARIANTS
+from scdpo.results.credit_pages import credit_report
 
 settings = dict(snakemake.params.credit)
 beta = settings.pop("beta")

@@ -2,7 +2,7 @@ from _workflow import to_log
 
 to_log(snakemake.log[0])
 
-from scdpo.report import data_stats_report
+from scdpo.results.data_stats import data_stats_report
 
 data_stats_report(
     snakemake.input.samples,

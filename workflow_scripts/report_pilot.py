@@ -4,7 +4,7 @@ to_log(snakemake.log[0])
 
 from pathlib import Path
 
-from scdpo.report import pilot_report
+from scdpo.results.pilot import pilot_report
 
 # results/{exp}/pilot/{benchmark}/t{temperature}.jsonl
 paths = {(Path(p).parts[-2], float(Path(p).stem[1:])): p for p in snakemake.input}

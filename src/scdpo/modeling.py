@@ -20,6 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from scdpo.jsonl import read_jsonl
 from scdpo.solution import END_OF_MESSAGE, MARKERS
 
 log = logging.getLogger(__name__)
@@ -131,13 +132,22 @@ def build_base_model(spec: dict, corpus: Iterable[str], out_dir: str | Path) -> 
         tokenizer = train_tokenizer(corpus, spec["vocab_size"])
         model = create_tiny_llama(tokenizer, spec, spec["seed"])
     else:
-        model, tokenizer = load_pretrained(spec["name_or_path"], spec.get("dtype", "auto"))
+        model, tokenizer = load_pretrained(spec["name_or_path"], spec["dtype"])
     save(model, tokenizer, out_dir)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "eos": tokenizer.eos_token,
     }
+
+
+def build_base_model_from_sft_data(spec: dict, sft_data_path: str | None, out_dir: str) -> dict:
+    """b. The base model directory; a scratch tokenizer is trained on the SFT examples' text."""
+    rows = read_jsonl(sft_data_path) if sft_data_path else []
+    corpus = (r["prompt"] + r["completion"] for r in rows)
+    facts = build_base_model(spec, corpus, out_dir)
+    log.info("base model: %s", facts)
+    return facts
 
 
 def set_threads(threads: int) -> None:

@@ -9,10 +9,16 @@ the rejected suffix. For step-controlled pairs the prompt is question + t_0..t_k
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import random
 from collections.abc import Callable
+from pathlib import Path
 
+from scdpo.jsonl import read_jsonl, write_jsonl
 from scdpo.solution import Block, render_blocks, render_prompt, render_solution
+
+log = logging.getLogger(__name__)
 
 
 def _blocks(sample: dict) -> list[Block]:
@@ -139,3 +145,77 @@ def counts_by_kind(pairs: list[dict]) -> dict[str, int]:
     for pair in pairs:
         counts[pair["kind"]] = counts.get(pair["kind"], 0) + 1
     return counts
+
+
+# --- which pair set each DPO variant trains on ----------------------------------------------------
+
+
+def _dpo_pairs(sampled: list[dict], negatives: list[dict], system: str, seed: int) -> list[dict]:
+    return naive_pairs(sampled, system)
+
+
+def _data_equal_pairs(
+    sampled: list[dict], negatives: list[dict], system: str, seed: int
+) -> list[dict]:
+    """As many naive pairs as SCDPO has pairs (D_naive + D_SC)."""
+    target = len(naive_pairs(sampled, system)) + len(step_controlled_pairs(negatives, system))
+    return data_equal_pairs(sampled, system, target, seed)
+
+
+def _scdpo_pairs(sampled: list[dict], negatives: list[dict], system: str, seed: int) -> list[dict]:
+    return mix(naive_pairs(sampled, system), step_controlled_pairs(negatives, system), seed=seed)
+
+
+# variant -> (pair builder, whether it reads the step-controlled negatives). The keys are
+# scdpo.names.VARIANTS (tested); a new variant is a name there and a builder here.
+PAIR_SETS: dict[str, tuple[Callable[..., list[dict]], bool]] = {
+    "dpo": (_dpo_pairs, False),
+    "dpo_data_equal": (_data_equal_pairs, True),
+    "scdpo": (_scdpo_pairs, True),
+}
+
+
+def build_pairs(
+    variant: str,
+    samples_path: str,
+    negatives_path: str | None,
+    model_dir: str,
+    params: dict,
+    out_dir: str,
+) -> None:
+    """One variant's DPO dataset with its held-out split and length report (pairs_build rule).
+
+    Plain DPO reads only the naive samples, so changing step-controlled generation leaves it be.
+    """
+    from transformers import AutoTokenizer
+
+    builder, needs_negatives = PAIR_SETS[variant]
+    negatives = list(read_jsonl(negatives_path)) if needs_negatives else []
+    system, seed = params["system_prompt"], params["seed"]
+    pairs = builder(list(read_jsonl(samples_path)), negatives, system, seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    kept, report = length_report(pairs, count, params["dpo"]["max_length"])
+    train, held_out = split_eval(kept, params["pairs"]["eval_fraction"], seed)
+    if not train:
+        raise ValueError(f"{variant}: no training pairs left (report: {report})")
+    write_jsonl(Path(out_dir) / "train.jsonl", train)
+    write_jsonl(Path(out_dir) / "eval.jsonl", held_out)
+    summary = {
+        **report,
+        "train": len(train),
+        "eval": len(held_out),
+        "by_kind": counts_by_kind(kept),
+    }
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("%s: %s", variant, json.dumps(summary))
+    if report["pairs_kept"] < report["pairs_in"]:
+        log.warning(
+            "%s: %d pairs exceed max_length %d and were dropped (not truncated)",
+            variant,
+            report["pairs_in"] - report["pairs_kept"],
+            report["max_length"],
+        )

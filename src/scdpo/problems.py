@@ -6,11 +6,15 @@ Every source yields the same record: {"id", "question", "answer"} and, for SFT d
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import random
 from pathlib import Path
 
-from scdpo.jsonl import DataError, read_jsonl, require
-from scdpo.solution import Block, cot_blocks
+from scdpo.jsonl import DataError, read_jsonl, require, write_jsonl
+from scdpo.solution import Block, cot_blocks, render_prompt, render_solution
+
+log = logging.getLogger(__name__)
 
 # --- synthetic arithmetic word problems ---------------------------------------------------------
 
@@ -181,24 +185,18 @@ def load_hf_problems(
 
 
 def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
-    """Dispatch on a config `source` block (see config/schema.yaml: problem_source)."""
+    """Dispatch on a config `source` block, defaults filled in (config/schema.yaml:
+    problem_source; scdpo.config.fill_defaults)."""
     kind = source["source"]
     if kind == "synthetic":
         return synthetic_problems(
-            source["n"],
-            source["seed"],
-            source.get("max_ops", 3),
-            source.get("offset", 0),
-            solution_format,
+            source["n"], source["seed"], source["max_ops"], source["offset"], solution_format
         )
-    fields = {
-        "question_key": source.get("question_key", "question"),
-        "answer_format": source.get("answer_format", "plain"),
-    }
+    fields = {"question_key": source["question_key"], "answer_format": source["answer_format"]}
     if kind == "jsonl":
         problems = load_jsonl_problems(
             source["path"],
-            answer_key=source.get("answer_key", "extra.answer"),
+            answer_key=source["answer_key"],
             solution_format=solution_format,
             **fields,
         )
@@ -206,10 +204,55 @@ def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
         problems = load_hf_problems(
             source["id"],
             source["split"],
-            source.get("name"),
-            answer_key=source.get("answer_key", "answer"),
+            source.get("name"),  # optional: datasets with one configuration have none
+            answer_key=source["answer_key"],
             **fields,
         )
     else:
         raise ValueError(f"unknown problem source {kind!r}")
     return problems[: source["limit"]] if source.get("limit") else problems
+
+
+# --- a. the workflow's problem files --------------------------------------------------------------
+
+
+def prepare_problems(sources: dict | list[dict], solution_format: str, out_path: str) -> None:
+    """One source or several (e.g. GSM8K and MATH train); a `tag` prefixes a source's ids."""
+    problems = []
+    for source in sources if isinstance(sources, list) else [sources]:
+        loaded = load_problems(source, solution_format)
+        if source["source"] == "jsonl":
+            digest = hashlib.sha256(Path(source["path"]).read_bytes()).hexdigest()
+            log.info("%s: sha256 %s, %d problems", source["path"], digest, len(loaded))
+        if not loaded:
+            raise ValueError(f"problem source {source} yielded no problems")
+        for problem in loaded:
+            if "tag" in source:
+                problem["id"] = f"{source['tag']}:{problem['id']}"
+            if "max_sc_pairs" in source:
+                problem["max_sc_pairs"] = source["max_sc_pairs"]
+        problems += loaded
+    ids = [p["id"] for p in problems]
+    if len(set(ids)) < len(ids):
+        raise ValueError("problem ids collide across sources: give each source a distinct `tag`")
+    write_jsonl(out_path, problems)
+    log.info("wrote %d problems to %s", len(problems), out_path)
+
+
+def sft_examples(problems_path: str, system: str, out_path: str) -> None:
+    """Prompt/completion pairs from problems that carry a reference solution."""
+    examples = []
+    for problem in read_jsonl(problems_path):
+        if "blocks" not in problem:
+            continue
+        blocks = [Block.from_json(b) for b in problem["blocks"]]
+        examples.append(
+            {
+                "id": problem["id"],
+                "prompt": render_prompt(problem["question"], system),
+                "completion": render_solution(blocks),
+            }
+        )
+    if not examples:
+        raise ValueError(f"{problems_path}: no problem has a reference solution ('blocks') for SFT")
+    write_jsonl(out_path, examples)

@@ -22,7 +22,6 @@ END_OF_MESSAGE = "<|endofmessage|>"
 MARKERS = (SYSTEM, USER, ASSISTANT, TEXT, CODE, EXECUTION, END_OF_BLOCK, END_OF_MESSAGE)
 BLOCK_KINDS = {TEXT: "text", CODE: "code", EXECUTION: "execution"}
 KIND_MARKER = {kind: marker for marker, kind in BLOCK_KINDS.items()}
-FORMATS = ("code", "cot")
 
 DEFAULT_SYSTEM = "Solve the problem step by step. Put the final answer in \\boxed{}."
 

@@ -203,8 +203,9 @@ background:linear-gradient(to right,rgb(214,39,40),#fff,rgb(44,160,44))}
 """
 
 
-def render_html(rows: Sequence[tuple[str, TokenRewards]], title: str) -> str:
-    """Self-contained HTML page: each labelled row's tokens on a red-white-green background.
+def render_html(rows: Sequence[tuple[str, TokenRewards]], title: str, context: str = "") -> str:
+    """Self-contained HTML page: each labelled row's tokens on a red-white-green background,
+    with an optional HTML fragment of `context` under the title.
 
     The colour scale is symmetric and shared by all rows, so models side by side compare.
     """
@@ -232,6 +233,6 @@ def render_html(rows: Sequence[tuple[str, TokenRewards]], title: str) -> str:
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{legend}"
+        f"<h1>{html.escape(title)}</h1>{context}{legend}"
         f'<div class="rows">{"".join(panels)}</div></body></html>\n'
     )

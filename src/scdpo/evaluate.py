@@ -1,0 +1,64 @@
+"""j. Evaluation: one solution per benchmark question (greedy, or at a fixed temperature for the
+report's pilot), with code execution, the extracted answer and its verdict."""
+
+from __future__ import annotations
+
+from scdpo.generation.job import Stage
+from scdpo.generation.loop import Partial
+from scdpo.grading import extract_answer
+from scdpo.jsonl import read_jsonl
+from scdpo.labels import Rubric, problem_fields, rubric_of
+from scdpo.solution import final_text
+
+
+class AnswerTask:
+    """One solution per question: greedy (temperature 0) for evaluation."""
+
+    def __init__(self, problem: dict, temperature: float, rubric: Rubric) -> None:
+        self.problem = problem
+        self.temperature_value = temperature
+        self.rubric = rubric
+        self.prompt = rubric.prompt(problem["question"])
+        self.result: dict | None = None
+
+    def start(self) -> list[Partial]:
+        return [Partial(self, self.prompt, [], seed_key=f"answer/{self.problem['id']}")]
+
+    def temperature(self, partial: Partial) -> float:
+        return self.temperature_value
+
+    def retire(self, partial: Partial) -> list[Partial]:
+        verdict = self.rubric.judge(partial, self.problem["answer"])
+        self.result = {
+            **problem_fields(self.problem),
+            "blocks": [b.to_json() for b in partial.blocks],
+            "finished": partial.finished,
+            "extracted": extract_answer(final_text(partial.blocks)) if partial.finished else None,
+            "correct": verdict.correct,
+        }
+        return []
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def record(self) -> dict:
+        assert self.result is not None
+        return self.result
+
+
+def evaluation_stage(problems_path: str, params: dict) -> Stage:
+    """Answers of one model on one benchmark; `params.temperature` is absent for greedy."""
+    temperature = params.get("temperature", 0.0)
+    rubric = rubric_of(params)
+    return Stage(
+        desc="predict",
+        items=list(read_jsonl(problems_path)),
+        make_task=lambda p: AnswerTask(p, temperature, rubric),
+        summarize=summarize,
+    )
+
+
+def summarize(records: list[dict]) -> str:
+    right = sum(r["correct"] for r in records)
+    return f"accuracy {right / len(records):.4f} on {len(records)} questions"

@@ -1,0 +1,76 @@
+"""Defaults live in config/schema.yaml only; scdpo.config.fill_defaults puts them into a config."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from fakes import SCHEMA
+
+from scdpo.config import fill_defaults
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
+
+
+def _keys(schema: dict, where: str = "", root: dict = SCHEMA):
+    """(path, subschema) of every property in the schema, through $defs and unions."""
+    for key, spec in schema.get("properties", {}).items():
+        yield f"{where}.{key}", spec
+        yield from _keys(spec, f"{where}.{key}", root)
+    for union in ("oneOf", "anyOf", "allOf"):
+        for i, branch in enumerate(schema.get(union, [])):
+            yield from _keys(branch, f"{where}[{union} {i}]", root)
+    if isinstance(schema.get("items"), dict):
+        yield from _keys(schema["items"], f"{where}[]", root)
+
+
+def test_every_key_of_the_schema_is_described():
+    keys = list(_keys(SCHEMA)) + [
+        kv for name, spec in SCHEMA["$defs"].items() for kv in _keys(spec, f"$defs.{name}")
+    ]
+    undescribed = [
+        path
+        for path, spec in keys
+        if "description" not in spec and "$ref" not in spec and not path.startswith("._shared")
+    ]
+    assert not undescribed, undescribed
+
+
+def test_defaults_fill_only_the_matching_branch_of_a_union():
+    sources = [{"source": "synthetic", "n": 3, "seed": 0}, {"source": "jsonl", "path": "x"}]
+    filled = fill_defaults(
+        copy.deepcopy(sources),
+        SCHEMA["$defs"]["experiment"]["properties"]["data"]["properties"]["dpo"],
+        SCHEMA,
+    )
+    assert filled[0] == {"source": "synthetic", "n": 3, "seed": 0, "max_ops": 3, "offset": 0}
+    assert filled[1] == {
+        "source": "jsonl",
+        "path": "x",
+        "question_key": "question",
+        "answer_key": "extra.answer",
+        "answer_format": "plain",
+    }
+
+
+def test_defaults_never_replace_a_given_value():
+    block = {"source": "hf", "id": "d", "split": "train", "answer_key": "solution"}
+    fill_defaults(block, SCHEMA["$defs"]["problem_source"], SCHEMA)
+    assert block["answer_key"] == "solution" and block["question_key"] == "question"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "schema.yaml"], ids=str)
+def test_shipped_configs_get_every_default(path):
+    config = fill_defaults(yaml.safe_load(path.read_text()), SCHEMA)
+    assert config["report"]["pilot"]["limit"] >= 1
+    for spec in config["experiments"].values():
+        backend = spec["generation"]["backend"]
+        assert {"device", "batch_size", "streaming", "tensor_parallel_size"} <= set(backend)
+        sources = (
+            spec["data"]["dpo"] if isinstance(spec["data"]["dpo"], list) else [spec["data"]["dpo"]]
+        )
+        for source in [spec["data"]["sft"], *sources]:
+            assert "answer_format" in source or source["source"] == "synthetic"
+            assert "max_ops" in source or source["source"] != "synthetic"

@@ -1,0 +1,44 @@
+"""The README's result figures are the files that benchmarks/default_run.py writes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("default_run", REPO / "benchmarks/default_run.py")
+default_run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(default_run)
+
+RESULT_FILES = sorted((REPO / "docs" / "results").glob("*.md"))
+
+
+def test_there_are_result_files():
+    assert RESULT_FILES, "docs/results/*.md: run benchmarks/default_run.py --readme"
+
+
+@pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.name)
+def test_readme_quotes_the_result_file_verbatim(path: Path):
+    readme = (REPO / "README.md").read_text()
+    assert default_run.readme_block(readme, path.stem) == path.read_text()
+
+
+def test_replacing_a_block_keeps_the_rest_of_the_readme():
+    begin, end = default_run.markers("x")
+    text = f"intro\n{begin}\nold\n{end}\noutro\n"
+    new = default_run.replace_block(text, "x", "new table\n")
+    assert new == f"intro\n{begin}\nnew table\n{end}\noutro\n"
+    assert default_run.readme_block(new, "x") == "new table\n"
+
+
+@pytest.mark.slow
+def test_summary_of_a_real_run_has_the_accuracy_table_and_the_time_per_stage(micro_run):
+    facts = {"commit": "abc", "config": "config/micro.yaml", "machine": "test"}
+    text = default_run.summary(micro_run, wall=100.0, cores=2, facts=facts)
+    assert (micro_run / "results" / "accuracy.md").read_text().strip() in text
+    times = default_run.job_times(micro_run)
+    assert {"sft_train", "dpo_train", "eval_predict"} <= set(times.index)
+    assert times.loc["dpo_train", "jobs"] == 3
+    assert "of 2 cores busy" in text and "| sft_train" in text
