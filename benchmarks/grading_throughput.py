@@ -1,8 +1,10 @@
 """Grading throughput on a realistic mix built from the benchmark files.
 
-The mix imitates what the pipeline grades: generated solutions whose last box is mostly the
-reference written the same way, sometimes written differently (symbolic cases) or wrong.
-One process, one worker (one core at a time); per-verdict wall times, fresh caches.
+The mix imitates what the pipeline grades: generated solutions whose final answer is mostly the
+reference written the same way, sometimes written differently (symbolic cases, several values,
+`####` and `答：` lines) or wrong. Measured: `grade` one verdict at a time (per-verdict wall times,
+fresh caches), then `grade_many` in batches of 1,000 with 1 and with 2 worker processes (pools
+started once, outside the timed region, as in a sampling shard; best of two runs).
 
     python benchmarks/grading_throughput.py [BENCHMARK_DIR]
 
@@ -19,13 +21,15 @@ from pathlib import Path
 
 from scdpo.grading import (
     DEFAULT_TIMEOUT,
-    fast_verdict,
     grade,
+    grade_many,
     normalize,
     predicted_answer,
     reference_answer,
 )
-from scdpo.grading.normalize import numeric_value
+from scdpo.grading.compare import NeedsSymbolic, decide, fast_only
+from scdpo.grading.normalize import _normalize_cached, numeric_value
+from scdpo.grading.symbolic import close_pools, pool
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
 DATASETS = ("gsm8k_test", "math500_test", "cmath_test", "mgsm_zh_test", "ape500_test")
@@ -60,6 +64,8 @@ def _swap_terms(answer: str) -> str | None:
 
 def _variant(answer: str, rng: random.Random) -> str:
     """The same answer written another way, as models do."""
+    if "," in answer and "\\begin" not in answer and not answer.startswith(("(", "[")):
+        return ", ".join(f"x = {part.strip()}" for part in answer.split(",")[::-1])
     value = numeric_value(normalize(answer))
     if value is not None and value.value.denominator == 1 and not value.percent:
         n = value.value.numerator
@@ -79,6 +85,10 @@ def build_mix(directory: Path, seed: int = 0) -> list[tuple[str, str]]:
         for i, (record, ref) in enumerate(zip(records, refs, strict=True)):
             mix.extend([(_solution(ref), ref)] * 4)
             mix.append((_solution(_variant(ref, rng)), ref))
+            if name == "gsm8k_test":
+                mix.append((f"Step 1.\nStep 2.\n#### {ref}", ref))
+            elif name != "math500_test":  # the Chinese sets: an answer sentence
+                mix.append((f"解：先算。\n答：一共是{ref}。", ref))
             mix.append((_solution(refs[(i + 1) % len(refs)]), ref))
             if name == "math500_test":  # harder data gets more varied answers
                 mix.append((record["extra"]["solution"], ref))
@@ -88,32 +98,58 @@ def build_mix(directory: Path, seed: int = 0) -> list[tuple[str, str]]:
     return mix
 
 
-def _normalised(solution: str, reference: str) -> tuple[str, str]:
-    return normalize(predicted_answer(solution) or ""), normalize(reference)
+def _needs_sympy(solution: str, reference: str) -> bool:
+    try:
+        decide(predicted_answer(solution) or "", reference, fast_only)
+    except NeedsSymbolic:
+        return True
+    return False
+
+
+def _fresh(processes: int) -> None:
+    """Fresh caches here and in the workers; the pool started outside the timed region."""
+    close_pools()
+    pool(processes).warm()
+    _normalize_cached.cache_clear()
+    numeric_value.cache_clear()
+
+
+def _batched(mix: list[tuple[str, str]], processes: int, size: int = 1000) -> float:
+    """Verdicts/s of `grade_many` over the mix in batches, fresh caches; the best of two runs
+    (the machine is shared: the other run measures its neighbours)."""
+    rates = []
+    for _ in range(2):
+        _fresh(processes)
+        start = time.perf_counter()
+        for i in range(0, len(mix), size):
+            grade_many(mix[i : i + size], processes=processes)
+        rates.append(len(mix) / (time.perf_counter() - start))
+    return max(rates)
 
 
 def main() -> None:
     directory = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR
     mix = build_mix(directory)
-    grade("1", "\\sqrt{1}")  # start the math-verify worker outside the timed region
-    normalize.cache_clear()
-    numeric_value.cache_clear()
+    _fresh(1)
     times, correct = [], 0
     for solution, reference in mix:
         start = time.perf_counter()
         correct += grade(solution, reference)
         times.append(time.perf_counter() - start)
     total = sum(times)
-    symbolic = sum(fast_verdict(*_normalised(*item)) is None for item in mix)
+    symbolic = sum(_needs_sympy(*item) for item in mix)
     slow = sorted(times)[-3:]
     print(
         f"mix: {len(mix)} verdicts, {correct} judged equal, "
         f"{symbolic} ({symbolic / len(mix):.1%}) needing sympy, {total:.2f} s graded"
     )
     print(f"slowest verdicts: {', '.join(f'{t:.3f} s' for t in reversed(slow))}")
+    print(f"grade, one call per verdict: {len(mix) / total:.0f} verdicts/s")
+    rates = {processes: _batched(mix, processes) for processes in (1, 2)}
     print(
-        f"grading: {len(mix) / total:.0f} verdicts/s per core "
-        f"(max verdict {max(times):.2f} s, limit {DEFAULT_TIMEOUT:.1f} s)"
+        f"grading: {rates[1]:.0f} verdicts/s with 1 process, {rates[2]:.0f} with 2 "
+        f"(grade_many, batches of 1,000; max verdict {max(times):.2f} s, "
+        f"limit {DEFAULT_TIMEOUT:.1f} s)"
     )
 
 

@@ -19,7 +19,7 @@ from scdpo.grading import (
     reference_answer,
     repair_quirks,
 )
-from scdpo.grading_audit import main as audit_main
+from scdpo.grading.audit import main as audit_main
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
 
@@ -57,6 +57,7 @@ def test_reference_answer_formats() -> None:
     assert reference_answer({"answer": "7"}) == "7"
     assert reference_answer({"extra": {"solution": "so\n#### 2,125"}}, "gsm8k") == "2125"
     assert reference_answer({"extra": {"solution": "#### the300"}}) == "300"
+    assert reference_answer({"extra": {"solution": "so\n#### 3/4"}}) == "3/4"  # not 4
     assert reference_answer({"extra": {"solution": r"is $\boxed{\pi}$"}}, "math") == r"\pi"
     with pytest.raises(ValueError):
         reference_answer({"question": "q"})
@@ -266,3 +267,16 @@ def test_audit_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert audit_main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "ours: 2 equal" in out and "disagreements:" in out
+
+
+def test_audit_benchmark_records_and_missing_checkers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A benchmark record without a solution is audited as its gold written in four styles.
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps({"question": "q", "extra": {"answer": "3/4"}}) + "\n")
+    assert audit_main([str(path), "--show", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "4 items" in out and "ours: 4 equal (100.0%)" in out
+    assert "gold='3/4'" in out  # math-verify alone misses `答：3/4。`
+    assert "not installed" in out or "ours vs minerva" in out

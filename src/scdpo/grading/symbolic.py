@@ -1,8 +1,10 @@
-"""Symbolic equivalence with math-verify, under a hard time limit enforced from any thread.
+"""Verdicts under a hard wall-clock limit, in worker processes that are killed on overrun.
 
 math-verify's own timeout uses SIGALRM, which only works in the main thread, and sympy can run
-without end (`9^{9^{9^{9}}}`). So verdicts run in child processes that are killed when a verdict
-exceeds its limit; the killed child is replaced and the verdict counts as not equal.
+without end (`9^{9^{9^{9}}}`). So a verdict the fast path cannot decide runs, whole (normalisation,
+comparison and math-verify: `compare.decide`), in a child process that is killed when it exceeds
+its limit; the verdict counts as not equal, is logged with its item id and counted in `stats`,
+and a replacement child starts at once in the background. Pools persist across calls.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,7 +56,7 @@ def _parse(answer: str) -> list:
 
 
 def verify_in_process(gold: str, pred: str) -> bool:
-    """math-verify on normalised answers, without any time limit (callers provide one)."""
+    """math-verify on two normalised answers, without any time limit (callers provide one)."""
     from math_verify import verify
 
     try:
@@ -60,8 +66,31 @@ def verify_in_process(gold: str, pred: str) -> bool:
         return False
 
 
+@dataclass
+class Stats:
+    """Verdicts that hit their time limit in this process (ids of the last 1,000)."""
+
+    timeouts: int = 0
+    timed_out: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+    def record(self, item_id: Hashable, answer: str, reference: str, limit: float) -> None:
+        self.timeouts += 1
+        self.timed_out.append(item_id)
+        logger.warning(
+            "item %s: verdict over %.1f s counted as not equal: %.80r vs %.80r",
+            item_id,
+            limit,
+            answer,
+            reference,
+        )
+
+
+stats = Stats()
+Job = tuple[str, str]  # (extracted answer, reference)
+
+
 class _Worker:
-    """One child process running `scdpo.grading._worker`."""
+    """One child process running `scdpo.grading._worker`; started without waiting for it."""
 
     def __init__(self) -> None:
         env = dict(os.environ)
@@ -73,16 +102,15 @@ class _Worker:
             env=env,
         )
         self._buffer = b""
-        self.started: float | None = None
-        if self.read_line(time.monotonic() + _STARTUP_LIMIT) != "ready":
-            self.kill()
-            raise RuntimeError("grading worker failed to start")
+        self.spawned = time.monotonic()
+        self.ready = False
+        self.started: float | None = None  # when the current job was sent
 
-    def send(self, gold: str, pred: str) -> None:
+    def send(self, job: Job) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps([gold, pred]) + "\n").encode())
-        self.proc.stdin.flush()
         self.started = time.monotonic()
+        self.proc.stdin.write((json.dumps(job) + "\n").encode())
+        self.proc.stdin.flush()
 
     def fileno(self) -> int:
         assert self.proc.stdout is not None
@@ -99,83 +127,55 @@ class _Worker:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line.decode()
 
-    def read_line(self, deadline: float) -> str | None:
-        while (remaining := deadline - time.monotonic()) > 0:
-            if select.select([self], [], [], remaining)[0]:
-                line = self.read_available()
-                if line is not None:
-                    return line
-        return None
-
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
 
 
-def _log_timeout(gold: str, pred: str, limit: float) -> None:
-    logger.warning("verdict over %.1f s counted as not equal: %.80r vs %.80r", limit, pred, gold)
-
-
 class SymbolicPool:
-    """Worker processes that return verdicts in input order, each under `timeout` seconds."""
+    """Worker processes that return verdicts in input order, each under `timeout` seconds.
+
+    `processes` verdicts run at once. A one-process pool keeps a second worker started and idle,
+    so that a killed worker's place is taken at once; a larger pool goes on with its other
+    workers. A worker's start (importing sympy, warming it: 2-4 s) happens in the background.
+    The limit of a job runs from when it is sent.
+    """
 
     def __init__(self, processes: int = 1) -> None:
         self.size = max(1, processes)
         self.workers: list[_Worker] = []
+        self.lock = threading.Lock()
 
-    def run(self, jobs: list[tuple[str, str]], timeout: float) -> list[bool]:
-        results = [False] * len(jobs)
-        queue = list(enumerate(jobs))[::-1]
-        busy: dict[_Worker, int] = {}
-        while queue or busy:
-            for worker in self._idle(busy):
-                if not queue:
-                    break
-                index, job = queue.pop()
-                try:
-                    worker.send(*job)
-                except OSError:  # the child died while idle: replace it, keep the job
-                    queue.append((index, job))
-                    self._discard(worker)
-                    continue
-                busy[worker] = index
-            self._collect(busy, jobs, results, timeout)
-        return results
+    def run(self, jobs: list[Job], timeout: float, ids: list[Hashable] | None = None) -> list[bool]:
+        with self.batch(timeout) as batch:
+            for index, job in enumerate(jobs):
+                batch.submit(job, ids[index] if ids is not None else index)
+            return batch.finish()
 
-    def _idle(self, busy: dict[_Worker, int]) -> list[_Worker]:
-        """Workers free for a job, started here (lazily, so a kill never delays a verdict)."""
-        while len(self.workers) < self.size:
+    @contextmanager
+    def batch(self, timeout: float) -> Iterator[Batch]:
+        """Jobs submitted while the caller goes on (it holds the pool until the block ends)."""
+        with self.lock:
+            yield Batch(self, timeout)
+
+    def warm(self) -> None:
+        """Start the workers now and wait until they are ready (e.g. before a timed region)."""
+        with self.batch(_STARTUP_LIMIT) as batch:
+            self._fill()
+            while not all(w.ready for w in self.workers):
+                batch.finish()
+                batch._collect(wait=None)
+
+    def _fill(self) -> None:
+        while len(self.workers) < self.size + (self.size == 1):  # + the spare
             self.workers.append(_Worker())
-        return [w for w in self.workers if w not in busy]
 
-    def _collect(
-        self,
-        busy: dict[_Worker, int],
-        jobs: list[tuple[str, str]],
-        results: list[bool],
-        timeout: float,
-    ) -> None:
-        """Wait for the first reply or the earliest deadline; handle replies and overruns."""
-        deadline = min(w.started or 0.0 for w in busy) + timeout
-        ready = select.select(list(busy), [], [], max(0.0, deadline - time.monotonic()))[0]
-        for worker in ready:
-            try:
-                line = worker.read_available()
-            except EOFError:  # the child died (out of memory, killed): count as not equal
-                logger.warning("grading worker exited; verdict counted as not equal")
-                results[busy.pop(worker)] = False
-                self._discard(worker)
-                continue
-            if line is not None:
-                results[busy.pop(worker)] = line == "1"
-        now = time.monotonic()
-        for worker in [w for w in busy if now - (w.started or now) >= timeout]:
-            _log_timeout(*jobs[busy.pop(worker)], timeout)
-            self._discard(worker)
-
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: _Worker, replace: bool = True) -> None:
+        """Kill a worker and start its replacement now, so that it is ready by the next job."""
         worker.kill()
         self.workers.remove(worker)
+        if replace:
+            self._fill()
 
     def close(self) -> None:
         for worker in self.workers:
@@ -183,22 +183,122 @@ class SymbolicPool:
         self.workers = []
 
 
-_shared_pool = SymbolicPool(1)
-_shared_lock = threading.Lock()
-atexit.register(_shared_pool.close)
+class Batch:
+    """Verdicts of one call: `submit` sends jobs to idle workers at once, `finish` waits."""
+
+    def __init__(self, pool: SymbolicPool, timeout: float) -> None:
+        self.pool, self.timeout = pool, timeout
+        self.jobs: list[Job] = []
+        self.ids: list[Hashable] = []
+        self.results: list[bool] = []
+        self.queue: deque[int] = deque()
+        self.busy: dict[_Worker, int] = {}
+
+    def submit(self, job: Job, item_id: Hashable) -> None:
+        self.pool._fill()  # workers start on the first job that needs them
+        self.queue.append(len(self.jobs))
+        self.jobs.append(job)
+        self.ids.append(item_id)
+        self.results.append(False)
+        self._step(wait=0.0)
+
+    def finish(self) -> list[bool]:
+        while self.queue or self.busy:
+            self._step(wait=None)
+        return self.results
+
+    def _step(self, wait: float | None) -> None:
+        self._dispatch()
+        self._collect(wait)
+
+    def _dispatch(self) -> None:
+        for worker in [w for w in self.pool.workers if w.ready and w not in self.busy]:
+            if not self.queue or len(self.busy) >= self.pool.size:
+                return
+            index = self.queue.popleft()
+            try:
+                worker.send(self.jobs[index])
+            except OSError:  # the child died while idle: replace it, keep the job
+                self.queue.appendleft(index)
+                self.pool._discard(worker)
+                continue
+            self.busy[worker] = index
+
+    def _collect(self, wait: float | None) -> None:
+        """Wait (at most `wait` s) for a reply, a start-up or a deadline; handle what came."""
+        now = time.monotonic()
+        workers = self.pool.workers
+        deadlines = [(w.started or now) + self.timeout for w in self.busy]
+        deadlines += [w.spawned + _STARTUP_LIMIT for w in workers if not w.ready]
+        if not deadlines:
+            return
+        limit = max(0.0, min(deadlines) - now)
+        waiting = [w for w in workers if w in self.busy or not w.ready]
+        for worker in select.select(waiting, [], [], limit if wait is None else wait)[0]:
+            self._read(worker)
+        now = time.monotonic()
+        for worker in [w for w in self.busy if now - (w.started or now) >= self.timeout]:
+            index = self.busy.pop(worker)
+            stats.record(self.ids[index], *self.jobs[index], self.timeout)
+            self.pool._discard(worker)
+        for worker in [w for w in workers if not w.ready]:
+            if now - worker.spawned > _STARTUP_LIMIT:
+                self.pool._discard(worker, replace=False)
+                raise RuntimeError("grading worker did not start in time")
+
+    def _read(self, worker: _Worker) -> None:
+        try:
+            line = worker.read_available()
+        except EOFError:  # the child died (out of memory, killed): count as not equal
+            if worker not in self.busy:
+                self.pool._discard(worker, replace=False)
+                raise RuntimeError("grading worker failed to start") from None
+            logger.warning("grading worker exited; verdict counted as not equal")
+            self.results[self.busy.pop(worker)] = False
+            self.pool._discard(worker)
+            return
+        if line == "ready":
+            worker.ready = True
+        elif line is not None:
+            self.results[self.busy.pop(worker)] = line == "1"
+
+
+_pools: dict[int, SymbolicPool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool(processes: int = 1) -> SymbolicPool:
+    """The process's persistent pool of `processes` workers (started on first use)."""
+    with _pools_lock:
+        if processes not in _pools:
+            _pools[processes] = SymbolicPool(processes)
+        return _pools[processes]
+
+
+def close_pools() -> None:
+    """Stop every worker (at exit; a later verdict starts them again)."""
+    with _pools_lock:
+        for each in _pools.values():
+            each.close()
+
+
+atexit.register(close_pools)
 
 
 def _reset_after_fork() -> None:
-    """A forked copy must not talk to (or wait on the lock of) its parent's worker."""
-    global _shared_lock
-    _shared_lock = threading.Lock()
-    _shared_pool.workers = []
+    """A forked copy must not talk to (or wait on the locks of) its parent's workers."""
+    global _pools_lock
+    _pools_lock = threading.Lock()
+    for each in _pools.values():
+        each.workers = []
+        each.lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def verify_with_limit(gold: str, pred: str, timeout: float) -> bool:
-    """One verdict on the shared worker; serialised across threads."""
-    with _shared_lock:
-        return _shared_pool.run([(gold, pred)], timeout)[0]
+def verify_with_limit(
+    answer: str, reference: str, timeout: float, item_id: Hashable = None
+) -> bool:
+    """One whole verdict on the shared one-worker pool; serialised across threads."""
+    return pool(1).run([(answer, reference)], timeout, [item_id])[0]
