@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: setup run test lint dry-run report clean
+.PHONY: setup run test lint dry-run report clean profiles
 
 setup: $(VENV)/.installed
 
@@ -47,3 +47,19 @@ dry-run: setup
 
 clean:
 	rm -rf results logs .snakemake
+
+# Named profiles, so that `snakemake --profile slurm` works as written: Snakemake finds a profile
+# name in its user config directory (~/.config/snakemake, or $XDG_CONFIG_HOME/snakemake), so this
+# links every profiles/<name> but default there (default is the workflow profile, which Snakemake
+# loads from the checkout by itself). A link from another checkout is replaced, a real folder kept.
+profiles: setup
+	@dir="$$($(BIN)/python -c 'from snakemake.common import get_appdirs; print(get_appdirs().user_config_dir)')"; \
+	mkdir -p "$$dir"; \
+	for name in $$(ls profiles); do \
+		[ "$$name" = default ] && continue; \
+		if [ -e "$$dir/$$name" ] && [ ! -L "$$dir/$$name" ]; then \
+			echo "$$dir/$$name exists and is not a link; remove it first" >&2; exit 1; \
+		fi; \
+		ln -sfn "$(CURDIR)/profiles/$$name" "$$dir/$$name"; \
+		echo "$$dir/$$name -> $(CURDIR)/profiles/$$name"; \
+	done
