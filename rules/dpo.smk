@@ -21,7 +21,9 @@ rule dpo_train:
         recipe=recipe_json("dpo"),
         cli=TRAIN_CLI,
         launcher=launcher("dpo"),
+    # Resumable like sft_train: checkpoints outside {output}, launcher started by the CLI.
     shell:
-        "{params.launcher} {params.cli} dpo --model {input.model} --data {input.train}"
+        "{PYTHON} {params.cli} dpo --model {input.model} --data {input.train}"
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.variant}"
+        " --launcher '{params.launcher}' > {log} 2>&1"

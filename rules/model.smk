@@ -42,6 +42,11 @@ rule sft_train:
         recipe=recipe_json("sft"),
         cli=TRAIN_CLI,
         launcher=launcher("sft"),
+    # Checkpoints live outside {output} (deleted on failure): a re-run, or SLURM's retry after
+    # the time limit or a preemption, resumes there. The CLI starts the launcher itself, on a free
+    # rendezvous port, and exits 75 after saving on a stop signal (docs/slurm.md).
     shell:
-        "{params.launcher} {params.cli} sft --model {input.model} --data {input.data}"
-        " --out {output} --recipe '{params.recipe}' --threads {threads} > {log} 2>&1"
+        "{PYTHON} {params.cli} sft --model {input.model} --data {input.data}"
+        " --out {output} --recipe '{params.recipe}' --threads {threads}"
+        " --checkpoint-dir results/{wildcards.exp}/checkpoints/sft"
+        " --launcher '{params.launcher}' > {log} 2>&1"

@@ -1,0 +1,3 @@
+from scdpo.train import main
+
+main()
