@@ -4,6 +4,7 @@ import sys
 
 import yaml
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -31,14 +32,13 @@ with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as _schema:
 config.update(canonical(config))
 
 
-envvars:
-    "PATH",
-
-
-# Shell rules run `python`: without conda that must be the interpreter running Snakemake (the
-# project's .venv), not whichever `python` the user's PATH finds first.
-os.environ["PATH"] = os.pathsep.join(
-    [os.path.dirname(sys.executable), os.environ["PATH"]]
+# The interpreter of the training CLI (the shell rules): with conda, the rule's env's `python`
+# (first on its PATH); without, the interpreter running Snakemake (the project's .venv), not
+# whichever `python` the user's PATH finds first. Not a param: where it lives changes no result.
+PYTHON = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else sys.executable
 )
 
 # The training CLI, relative to the working directory so that provenance does not change when the
@@ -114,7 +114,8 @@ def pairs_params(wildcards):
 
 def recipe_json(stage):
     def recipe(wildcards):
-        # How training is launched does not change its result.
+        # The launcher is its own param (it re-runs the training too: more processes, another
+        # effective batch). The checkpoint block stays in: the CLI reads it from the recipe.
         recipe = {
             k: v for k, v in exp_config(wildcards)[stage].items() if k != "launcher"
         }
@@ -201,7 +202,12 @@ def model_spec(wildcards):
 
 
 def eval_params(wildcards):
-    return generation_params(wildcards)
+    """Generation params, with the benchmark's own tool-call limit where it has one."""
+    params = generation_params(wildcards)
+    max_calls = config["benchmarks"][wildcards.benchmark].get("max_calls")
+    if max_calls:
+        params["generation"] = {**params["generation"], "max_calls": max_calls}
+    return params
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -242,7 +248,7 @@ def pilot_predictions(wildcards):
 
 def pilot_generation_params(wildcards):
     """Evaluation's generation settings at the wildcard's fixed temperature."""
-    return {**generation_params(wildcards), "temperature": float(wildcards.temperature)}
+    return {**eval_params(wildcards), "temperature": float(wildcards.temperature)}
 
 
 def statistics_params(wildcards=None):
@@ -262,6 +268,19 @@ def all_pair_files(wildcards=None):
     ]
 
 
+def experiment_pair_files(wildcards):
+    return [
+        f"results/{wildcards.exp}/pairs/{variant}/{split}.jsonl"
+        for variant in VARIANTS
+        for split in ("train", "eval")
+    ]
+
+
+def paper_model(wildcards):
+    """The paper's model family this experiment reproduces (for the data table), or None."""
+    return exp_config(wildcards).get("paper_model")
+
+
 def credit_models(wildcards):
     """The SFT reference and the three DPO-trained models of one experiment."""
     models = {"reference": sft_model(wildcards)}
@@ -274,15 +293,40 @@ def credit_params(wildcards):
     return {"beta": exp_config(wildcards)["dpo"]["beta"], **config["report"]["credit"]}
 
 
+GENERATION_RULES = [
+    "solutions_sample",
+    "negatives_step_controlled",
+    "eval_predict",
+    "pilot_predict",
+]
+
+
+def experiment_gpus(exp):
+    """GPUs of one generation job: vLLM's tensor-parallel size (the only place it is set), none
+    for the transformers engine on CPU."""
+    backend = config["experiments"][exp]["generation"]["backend"]
+    if backend["engine"] == "vllm":
+        return backend["tensor_parallel_size"]
+    return 1 if backend["device"] == "cuda" else 0
+
+
+def generation_gpus(wildcards):
+    return experiment_gpus(wildcards.exp)
+
+
 def rule_gpus(wildcards=None):
-    """GPUs per job of every rule (its gpu resource after the profile's set-resources), in
-    workflow order, so the cost table can turn wall hours into GPU-hours."""
+    """GPUs per job of each rule (its gpu resource after the profile's set-resources), in
+    workflow order, so the cost table can turn wall hours into GPU-hours; generation rules per
+    experiment, as "<rule>/<experiment>"."""
     gpus = {}
     for each in workflow.rules:
         resource = each.resources.get("gpu")
         # A resource given as a function of the job has no value here; count it as 0.
         value = None if resource.is_evaluable() else resource.value
         gpus[each.name] = value if isinstance(value, (int, float)) else 0
+    for name in GENERATION_RULES:
+        for exp in EXPERIMENTS:
+            gpus[f"{name}/{exp}"] = experiment_gpus(exp)
     return gpus
 
 
@@ -302,7 +346,7 @@ def report_outputs(wildcards=None):
 
 
 def all_benchmark_files(wildcards=None):
-    """The benchmark: file of every job of the run (tested to cover every rule that has one)."""
+    """The benchmark: file of every job of the run (tested to cover each rule that has one)."""
     files = []
     for exp, spec in config["experiments"].items():
         jobs = {

@@ -15,7 +15,7 @@ rule eval_predict:
     resources:
         mem_mb=16000,
         runtime=6 * 60,
-        gpu=0,
+        gpu=generation_gpus,
     params:
         generation=eval_params,
         resume="results/{exp}/.resume/predictions/{model}/{benchmark}.jsonl",

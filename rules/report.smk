@@ -53,7 +53,7 @@ rule pilot_predict:
     resources:
         mem_mb=16000,
         runtime=6 * 60,
-        gpu=0,
+        gpu=generation_gpus,
     params:
         generation=pilot_generation_params,
         resume="results/{exp}/.resume/pilot/{benchmark}/t{temperature}.jsonl",
@@ -130,13 +130,16 @@ rule credit_assign:
 
 
 rule data_stats:
-    """Samples per pair, yield per split index, temperatures of wrong continuations, lengths."""
+    """Data per source beside the paper's counts, samples per pair, yield per split index,
+    temperatures of wrong continuations, lengths."""
     input:
         samples="results/{exp}/sampling/samples.jsonl",
         negatives="results/{exp}/step_control/negatives.jsonl",
+        pairs=experiment_pair_files,
     output:
         md="results/{exp}/report/data_stats.md",
         yields="results/{exp}/report/sc_yield_by_k.csv",
+        scale="results/{exp}/report/data_scale.csv",
         html=report(
             "results/{exp}/report/data_stats.html",
             caption="../report/data_stats.rst",
@@ -157,6 +160,8 @@ rule data_stats:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        paper_model=paper_model,
     script:
         "../workflow_scripts/report_data.py"
 

@@ -15,7 +15,7 @@ rule solutions_sample:
     resources:
         mem_mb=16000,
         runtime=12 * 60,
-        gpu=0,
+        gpu=generation_gpus,
     params:
         generation=sampling_params,
         resume="results/{exp}/.resume/sampling/shard{shard}-of{shards}.jsonl",

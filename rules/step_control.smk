@@ -15,7 +15,7 @@ rule negatives_step_controlled:
     resources:
         mem_mb=16000,
         runtime=12 * 60,
-        gpu=0,
+        gpu=generation_gpus,
     params:
         generation=step_control_params,
         resume="results/{exp}/.resume/step_control/shard{shard}-of{shards}.jsonl",

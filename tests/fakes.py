@@ -31,7 +31,15 @@ def source(block: dict) -> dict:
 
 def sampling_settings(**overrides) -> SamplingSettings:
     """Sampling settings of the tests: the paper's values unless overridden."""
-    values = {"temperature": 1.0, "max_samples": 100, "round_size": 4, "rubric": RUBRIC}
+    values = {
+        "temperature": 1.0,
+        "max_samples": 100,
+        "round_size": 4,
+        "rubric": RUBRIC,
+        "min_preferred": 1,
+        "min_dispreferred": 1,
+        "drop_near_duplicates": False,
+    }
     return SamplingSettings(**values | overrides)
 
 

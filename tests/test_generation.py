@@ -46,6 +46,48 @@ def test_sampling_stops_once_a_pair_exists_or_k_were_drawn(pool):
     assert [len(t.record()["samples"]) for t in always_right] == [12, 12]
 
 
+def _finish(partial, answer: str, filler: str = "") -> None:
+    partial.blocks = [Block("text", f"So{filler} \\boxed{{{answer}}}.")]
+    partial.finished = True
+
+
+def test_samples_are_recorded_in_draw_order_whatever_order_they_finish():
+    task = SamplingTask(questions(1)[0], sampling_settings(max_samples=4, round_size=4))
+    partials = task.start()
+    answer = task.problem["answer"]
+    for partial in reversed(partials):  # the engine finishes the last drawn first
+        _finish(partial, answer if partial.tag["draw"] % 2 else "-1")
+        task.retire(partial)
+    samples = task.record()["samples"]
+    assert [s["draw"] for s in samples] == [0, 1, 2, 3]
+    assert [s["preferred"] for s in samples] == [False, True, False, True]
+    assert task.done
+
+
+def test_released_stop_rule_wants_four_of_each_and_drops_near_duplicates():
+    settings = sampling_settings(
+        max_samples=16, round_size=4, min_preferred=4, min_dispreferred=4, drop_near_duplicates=True
+    )
+    task = SamplingTask(questions(1)[0], settings)
+    answer = task.problem["answer"]
+    batch, drawn = task.start(), 0
+    while batch:
+        for partial in batch:
+            draw = partial.tag["draw"]
+            # Even draws are right, odd wrong; lengths differ by 510 characters per two draws,
+            # except draws 2 and 3, which nearly repeat draws 0 and 1.
+            filler = " " * (510 * (draw // 2) if draw not in (2, 3) else 10)
+            _finish(partial, answer if draw % 2 == 0 else "-1", filler)
+        drawn += len(batch)
+        batch = [new for partial in batch for new in task.retire(partial)]
+    samples = task.record()["samples"]
+    assert [s.get("duplicate_of") for s in samples[:4]] == [None, None, 0, 1]
+    assert not samples[2]["preferred"] and not samples[3]["dispreferred"]
+    # Without the two duplicates, two rounds would have given 4 of each; a third was drawn.
+    assert drawn == len(samples) == 12
+    assert sum(s["preferred"] for s in samples) == sum(s["dispreferred"] for s in samples) == 5
+
+
 def test_step_control_continues_from_split_points_with_rising_temperature(pool):
     chosen = [
         Block("text", "Compute it."),
@@ -142,3 +184,18 @@ def test_a_resume_file_from_another_config_is_ignored(tmp_path, pool):
     )
     records, _ = _resumable(tmp_path, ScriptedBackend(), pool)
     assert all("stale" not in r for r in records) and len(records) == 10
+
+
+def test_the_resume_key_changes_with_the_questions_the_model_and_the_params(tmp_path):
+    from scdpo.generation.job import resume_key
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights").write_text("a")
+    items, params = questions(3), {"seed": 0}
+    key = resume_key(params, str(model), items)
+    assert resume_key(params, str(model), questions(3)) == key
+    assert resume_key(params, str(model), [*items[:2], {**items[2], "answer": "7"}]) != key
+    assert resume_key({"seed": 1}, str(model), items) != key
+    (model / "weights").write_text("bb")
+    assert resume_key(params, str(model), items) != key

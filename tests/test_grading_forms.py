@@ -244,3 +244,17 @@ def test_benchmark_golds_in_every_style() -> None:
     misses = [item for item, verdict in zip(items, verdicts, strict=True) if not verdict]
     assert not misses, misses[:20]
     assert len(items) > 18_000
+
+
+@pytest.mark.parametrize(
+    ("solution", "reference", "expected"),
+    [
+        ("She has 3 + 15 = 18 apples.\nThe answer is: 18", "18", True),
+        ("So x = 1/2.\nThe answer is: $\\frac{1}{2}$.", "1/2", True),
+        ("The answer is: 17", "18", False),
+        ("First the answer is 3, then we check.\nThe answer is: 4", "3", False),
+    ],
+)
+def test_metamath_answer_is_lines(solution, reference, expected):
+    """MetaMath-Mistral-7B ends its chain of thought with `The answer is: X` (no box)."""
+    assert grade(solution, reference) is expected

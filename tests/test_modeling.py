@@ -82,10 +82,28 @@ def test_real_model_source_loads_from_a_local_path(tmp_path):
     model = create_tiny_llama(tokenizer, SPEC, seed=0)
     save(model, tokenizer, tmp_path / "hub-like")
     build_base_model(
-        {"source": "hf", "name_or_path": str(tmp_path / "hub-like"), "dtype": "auto"},
+        {
+            "source": "hf",
+            "name_or_path": str(tmp_path / "hub-like"),
+            "dtype": "auto",
+            "trust_remote_code": False,
+        },
         [],
         tmp_path / "b",
     )
     assert AutoTokenizer.from_pretrained(tmp_path / "b").eos_token == END_OF_MESSAGE
     with pytest.raises(OSError):
         load_pretrained(str(tmp_path / "missing"))
+
+
+def test_a_saved_model_with_its_own_code_is_loaded_trusting_it(tmp_path):
+    from scdpo.modeling import has_remote_code
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "remote").mkdir()
+    (tmp_path / "remote" / "config.json").write_text(
+        '{"auto_map": {"AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}'
+    )
+    assert not has_remote_code(tmp_path / "plain") and has_remote_code(tmp_path / "remote")
+    assert not has_remote_code(tmp_path / "missing")

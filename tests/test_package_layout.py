@@ -29,6 +29,7 @@ FLOORS = {
         "results.accuracy",
         "results.pilot",
         "results.data_stats",
+        "results.data_scale",
         "results.cost",
     ],
     2: [

@@ -1,6 +1,6 @@
 from scdpo.pairs import (
     data_equal_pairs,
-    length_report,
+    fit_lengths,
     mix,
     naive_pairs,
     split_eval,
@@ -93,13 +93,39 @@ def test_mix_and_eval_split_keep_every_pair_once():
     assert not {p["id"] for p in train} & {p["id"] for p in held}
 
 
-def test_length_report_drops_what_would_be_truncated_and_counts_it():
-    pairs = [
-        {"prompt": "p " * 3, "chosen": "c " * 2, "rejected": "r " * 4},  # 3 + 4 = 7: fits
-        {"prompt": "p " * 3, "chosen": "c " * 2, "rejected": "r " * 6},  # 9 > 8: cut suffix
-        {"prompt": "p " * 8, "chosen": "c", "rejected": "r"},  # prompt alone fills it
-    ]
-    kept, report = length_report(pairs, lambda text: len(text.split()), max_length=8)
-    assert kept == pairs[:1]
+class Words:
+    """A tokenizer of whitespace-separated words."""
+
+    def encode(self, text: str) -> list[str]:
+        return text.split()
+
+    def decode(self, ids: list[str]) -> str:
+        return " ".join(ids)
+
+
+LONG_PAIRS = [
+    {"prompt": "p " * 3, "chosen": "c " * 2, "rejected": "r " * 4},  # 3 + 4 = 7: fits
+    {"prompt": "p " * 3, "chosen": "c " * 2, "rejected": "r " * 6},  # 9 > 8: cut suffix
+    {"prompt": "p " * 8, "chosen": "c", "rejected": "r"},  # prompt alone fills it
+]
+
+
+def test_the_drop_policy_drops_what_trl_would_truncate_and_counts_it():
+    spec = {"max_length": 8, "max_prompt_length": 4, "over_length": "drop"}
+    kept, report = fit_lengths(LONG_PAIRS, Words(), spec)
+    assert kept == LONG_PAIRS[:1]
     assert report["pair_exceeds_max_length"] == 1
     assert report["prompt_reaches_max_length"] == 1
+    assert report["pairs_kept"] == 1 and report["completions_truncated"] == 0
+
+
+def test_the_truncate_policy_cuts_like_the_original_and_counts_it():
+    spec = {"max_length": 8, "max_prompt_length": 4, "over_length": "truncate"}
+    kept, report = fit_lengths(LONG_PAIRS, Words(), spec)
+    assert len(kept) == 3 and kept[0] == LONG_PAIRS[0]
+    # The rejected suffix keeps its start: 3 prompt + 5 completion tokens.
+    assert kept[1]["rejected"] == "r r r r r" and kept[1]["chosen"] == "c c"
+    # A long prompt keeps its end (max_prompt_length 4), then the completions fit.
+    assert kept[2]["prompt"] == "p p p p" and kept[2]["chosen"] == "c"
+    assert report["prompt_truncated"] == 1 and report["completions_truncated"] == 1
+    assert report["pairs_kept"] == 3

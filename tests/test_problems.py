@@ -109,3 +109,55 @@ def test_hf_loader_reads_a_local_dataset_directory(tmp_path):
         source({"source": "hf", "id": str(tmp_path), "split": "test", "answer_format": "gsm8k"})
     )
     assert [p["answer"] for p in problems] == ["4", "9"]
+
+
+def test_hf_loader_reads_several_configurations_laid_out_like_the_hub(tmp_path):
+    """EleutherAI/hendrycks_math has one configuration per subject and no `all`."""
+    datasets = pytest.importorskip("datasets")
+    card = ["---", "configs:"]
+    for subject, answer in (("algebra", "3"), ("geometry", "\\frac{1}{2}")):
+        (tmp_path / subject).mkdir()
+        rows = [{"problem": f"A {subject} problem?", "solution": f"So \\boxed{{{answer}}}."}]
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / subject / "train.parquet"))
+        card += [
+            f"- config_name: {subject}",
+            "  data_files:",
+            "  - split: train",
+            f"    path: {subject}/train.parquet",
+        ]
+    (tmp_path / "README.md").write_text("\n".join([*card, "---", ""]))
+    block = {
+        "source": "hf",
+        "id": str(tmp_path),
+        "name": ["algebra", "geometry"],
+        "split": "train",
+        "question_key": "problem",
+        "answer_key": "solution",
+        "answer_format": "boxed",
+    }
+    problems = load_problems(source(block))
+    assert [(p["id"], p["answer"]) for p in problems] == [
+        ("algebra/0", "3"),
+        ("geometry/0", "\\frac{1}{2}"),
+    ]
+
+
+def test_hf_loader_reads_metamath_style_sft_solutions(tmp_path):
+    """MetaMathQA: the response is the chain of thought, its last line `The answer is: X`."""
+    datasets = pytest.importorskip("datasets")
+    response = "Tom has 3 apples.\n\nHe buys 4 more, so 3 + 4 = 7.\nThe answer is: 7"
+    rows = [{"query": "How many apples?", "response": response}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
+    block = {
+        "source": "hf",
+        "id": str(tmp_path),
+        "split": "train",
+        "question_key": "query",
+        "answer_key": "response",
+        "answer_format": "answer_is",
+        "solution_key": "response",
+    }
+    (problem,) = load_problems(source(block), solution_format="cot")
+    assert problem["answer"] == "7"
+    assert [b["kind"] for b in problem["blocks"]] == ["text", "text"]
+    assert grade(final_text([Block.from_json(b) for b in problem["blocks"]]), "7")

@@ -391,10 +391,14 @@ def test_answer_lengths_by_group():
 def test_data_stats_report_writes_tables_and_figure(tmp_path):
     write_jsonl(tmp_path / "s.jsonl", SAMPLES)
     write_jsonl(tmp_path / "n.jsonl", NEGATIVES)
-    out = {k: str(tmp_path / f"d.{k}") for k in ("md", "html", "png", "yields")}
-    data_stats.data_stats_report(str(tmp_path / "s.jsonl"), str(tmp_path / "n.jsonl"), out, "t")
+    write_jsonl(tmp_path / "p.jsonl", [{"id": SAMPLES[0]["id"], "kind": "naive"}])
+    out = {k: str(tmp_path / f"d.{k}") for k in ("md", "html", "png", "yields", "scale")}
+    pairs = {"dpo": [str(tmp_path / "p.jsonl")]}
+    s, n = str(tmp_path / "s.jsonl"), str(tmp_path / "n.jsonl")
+    data_stats.data_stats_report(s, n, pairs, None, out, "t")
     md = (tmp_path / "d.md").read_text()
     assert "samples drawn per pair obtained" in md and "Yield per split index k" in md
+    assert "beside the paper" in md and pd.read_csv(out["scale"])["DPO pairs"].sum() == 1
     assert (tmp_path / "d.png").read_bytes()[:8] == PNG_MAGIC
 
 
@@ -447,3 +451,32 @@ def test_cost_report_files(tmp_path):
     md = (tmp_path / "c.md").read_text()
     assert "eval_predict" in md and "total" in md
     assert json.dumps(pd.read_csv(out["csv"])["jobs"].tolist()) == "[1, 1]"
+
+
+def test_data_scale_counts_per_source_beside_the_paper():
+    from scdpo.results.data_scale import data_scale_table
+
+    def sample(preferred: bool) -> dict:
+        return {"preferred": preferred, "dispreferred": not preferred}
+
+    samples = [
+        {"id": "gsm8k:1", "samples": [sample(True), sample(False)]},
+        {"id": "gsm8k:2", "samples": [sample(False)]},
+        {"id": "math:1", "samples": [sample(True), sample(True), sample(False)]},
+    ]
+    pairs = {
+        "dpo": [{"id": "gsm8k:1", "kind": "naive"}, {"id": "math:1", "kind": "naive"}],
+        "scdpo": [
+            {"id": "gsm8k:1", "kind": "naive"},
+            {"id": "math:1", "kind": "step_controlled"},
+            {"id": "math:1", "kind": "step_controlled"},
+        ],
+    }
+    table = data_scale_table(samples, pairs, "mistral_7b_ours").set_index("source")
+    assert table.loc["gsm8k", "questions sampled"] == 2
+    assert table.loc["gsm8k", "with a preferred"] == 1 and table.loc["gsm8k", "dispreferred"] == 2
+    assert table.loc["math", "preferred"] == 2 and table.loc["math", "DPO pairs"] == 1
+    assert table.loc["math", "SCDPO step-controlled pairs"] == 2
+    assert table.loc["gsm8k", "SCDPO naive pairs"] == 1
+    assert table.loc["math", "paper SCDPO step-controlled pairs"] == "12K"
+    assert "paper DPO pairs" not in data_scale_table(samples, pairs, None).columns

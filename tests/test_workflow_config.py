@@ -94,3 +94,34 @@ def test_the_cost_table_reads_the_benchmark_file_of_every_planned_job(tmp_path):
     assert {rule: files.count(rule) for rule in set(files)} == {
         rule: planned[rule] for rule in with_benchmark
     }
+
+
+def test_paper_config_plans_tables_1_and_2_with_one_gpu_count_per_generation_job(tmp_path):
+    """Every experiment of paper Tables 1 and 2; a generation job asks for as many GPUs as its
+    vLLM engine's tensor-parallel size, the one place that number is set."""
+    import re
+
+    from workflow_run import planned_jobs
+
+    result = dry_run("--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    experiments = {
+        "mistral_7b_ours",
+        "metamath_mistral_7b",
+        "mathcoder_mistral_7b",
+        "internlm2_20b",
+    }
+    predictions = set(re.findall(r"results/(\w+)/predictions/(\w+)/(\w+)\.jsonl", result.stdout))
+    assert {e for e, _, _ in predictions} == experiments
+    assert {(m, b) for e, m, b in predictions if e == "internlm2_20b"} >= {
+        ("scdpo", b) for b in ("gsm8k", "math", "ape210k", "cmath", "mgsm_zh")
+    }
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    for job in result.stdout.split("\n\n"):
+        rule = re.search(r"^rule (\w+):", job, re.M)
+        if not rule or rule[1] not in ("solutions_sample", "eval_predict", "pilot_predict"):
+            continue
+        exp = re.search(r"exp=(\w+)", job)[1]
+        backend = config["experiments"][exp]["generation"]["backend"]
+        assert f"gpu={backend['tensor_parallel_size']}," in job, job
+    assert planned_jobs(result.stdout)["sft_train"] == 4

@@ -128,7 +128,8 @@ RERUN_MATRIX = {
     ),
     "dpo_max_length": (
         lambda e: e["dpo"].update(max_length=512),
-        {"pairs_build": 3, "dpo_train": 3, "eval_predict": 3, **AFTER_DPO},
+        # the data table counts the pairs
+        {"pairs_build": 3, "dpo_train": 3, "eval_predict": 3, **AFTER_DATA},
     ),
     "sampling_k": (
         lambda e: e["sampling"].update(max_samples=12),
@@ -175,3 +176,40 @@ def test_a_new_benchmark_adds_only_its_evaluations_and_the_table(micro_run):
     assert result.returncode == 0, result.output[-3000:]
     expected = {"benchmark_prepare": 1, "eval_predict": 4, **TABLES}
     assert planned_jobs(result.output) == expected
+
+
+DATA_FILES = [
+    "sampling/samples.jsonl",
+    "step_control/negatives.jsonl",
+    *[
+        f"pairs/{v}/{split}.jsonl"
+        for v in ("dpo", "dpo_data_equal", "scdpo")
+        for split in ("train", "eval")
+    ],
+]
+
+
+def test_data_files_do_not_depend_on_shards_batch_size_or_chunks(micro_run, tmp_path):
+    """3 shards instead of 2, engine batch 16 instead of 128, chunks of 3 instead of 10: the same
+    samples, negatives and pairs, byte for byte (records in draw order, not finishing order)."""
+    import shutil
+
+    workdir = tmp_path / "reshard"
+    shutil.copytree(micro_run / "results", workdir / "results")
+    shutil.rmtree(workdir / "results" / "micro" / "sampling")
+    shutil.rmtree(workdir / "results" / "micro" / "step_control")
+    shutil.rmtree(workdir / "results" / "micro" / "pairs")
+
+    def reshard(config):
+        micro = config["experiments"]["micro"]
+        micro["sampling"]["shards"] = micro["step_control"]["shards"] = 3
+        micro["generation"]["backend"]["batch_size"] = 16
+        micro["generation"]["chunk_size"] = 3
+
+    changed = _changed_config(micro_run, reshard)
+    targets = [f"results/micro/{name}" for name in DATA_FILES]
+    result = snakemake(workdir, "--cores", "2", "--configfile", changed, *targets)
+    assert result.returncode == 0, result.output[-3000:]
+    for name in DATA_FILES:
+        ours = (workdir / "results" / "micro" / name).read_bytes()
+        assert ours == (micro_run / "results" / "micro" / name).read_bytes(), name

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from scdpo.generation.job import Stage
 from scdpo.generation.loop import Partial
-from scdpo.grading import extract_answer
+from scdpo.grading import predicted_answer
 from scdpo.jsonl import read_jsonl
 from scdpo.labels import Rubric, problem_fields, rubric_of
 from scdpo.solution import final_text
@@ -33,7 +33,7 @@ class AnswerTask:
             **problem_fields(self.problem),
             "blocks": [b.to_json() for b in partial.blocks],
             "finished": partial.finished,
-            "extracted": extract_answer(final_text(partial.blocks)) if partial.finished else None,
+            "extracted": predicted_answer(final_text(partial.blocks)) if partial.finished else None,
             "correct": verdict.correct,
         }
         return []

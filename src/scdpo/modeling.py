@@ -6,6 +6,7 @@ and the result is saved with `save_pretrained` so every later stage loads it the
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -103,10 +104,13 @@ def _mean_initialise(model, old_rows: int) -> None:
         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
 
 
-def load_pretrained(name_or_path: str, dtype: str = "auto"):
-    """A real base model by hub id or local path, with the markers added."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+def load_pretrained(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False):
+    """A real base model by hub id or local path, with the markers added. A model with its own
+    modeling code (InternLM2) needs `trust_remote_code`; saving it keeps that code beside it."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
+    )
     added = add_marker_tokens(model, tokenizer)
     log.info("loaded %s; added %d marker tokens", name_or_path, added)
     return model, tokenizer
@@ -119,11 +123,19 @@ def save(model, tokenizer, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def has_remote_code(path: str | Path) -> bool:
+    """Whether a saved model names its own modeling code (`auto_map`). The pipeline saved it
+    from a base model the config trusted (`model.trust_remote_code`), so loading it trusts it."""
+    config = Path(path) / "config.json"
+    return config.is_file() and "auto_map" in json.loads(config.read_text())
+
+
 def load(path: str | Path, device: str = "cpu"):
     """A model saved by this pipeline, for inference or training."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device)
-    return model, tokenizer
+    trust = has_remote_code(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust)
+    return model.to(device), tokenizer
 
 
 def build_base_model(spec: dict, corpus: Iterable[str], out_dir: str | Path) -> dict:
@@ -132,7 +144,9 @@ def build_base_model(spec: dict, corpus: Iterable[str], out_dir: str | Path) -> 
         tokenizer = train_tokenizer(corpus, spec["vocab_size"])
         model = create_tiny_llama(tokenizer, spec, spec["seed"])
     else:
-        model, tokenizer = load_pretrained(spec["name_or_path"], spec["dtype"])
+        model, tokenizer = load_pretrained(
+            spec["name_or_path"], spec["dtype"], spec["trust_remote_code"]
+        )
     save(model, tokenizer, out_dir)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),

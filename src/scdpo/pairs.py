@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from scdpo.jsonl import read_jsonl, write_jsonl
 from scdpo.solution import Block, render_blocks, render_prompt, render_solution
@@ -111,33 +112,68 @@ def split_eval(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict
     return shuffled[held:], shuffled[:held]
 
 
-def length_report(
-    pairs: list[dict], count_tokens: Callable[[str], int], max_length: int
-) -> tuple[list[dict], dict]:
-    """Drop pairs that would be truncated, and say how many and why.
+class Tokens(Protocol):
+    """The tokenizer as pair building needs it (token ids without special tokens)."""
 
-    TRL's DPOTrainer truncates prompt+completion to max_length keeping the start, which would cut
-    into the suffix the loss is about (and it drops pairs whose prompt alone is too long) without a
-    word; this filter makes that visible and leaves nothing to truncate.
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+def fit_lengths(pairs: list[dict], tokens: Tokens, spec: dict) -> tuple[list[dict], dict]:
+    """Apply the over-length policy of `spec` (max_length, max_prompt_length, over_length) and
+    count what it removed or cut.
+
+    `drop` (default): drop every pair TRL would truncate. TRL's DPOTrainer cuts prompt+completion
+    to max_length keeping the start, which would cut into the suffix the loss is about (and drops
+    pairs whose prompt alone fills it), without a word. `truncate`: what the original's TRL 0.7
+    did: a prompt over max_prompt_length keeps its end, then both completions keep their start
+    up to max_length; long MATH pairs survive, cut.
     """
-    kept, prompt_too_long, pair_too_long = [], 0, 0
-    for pair in pairs:
-        prompt = count_tokens(pair["prompt"])
-        longest = prompt + max(count_tokens(pair["chosen"]), count_tokens(pair["rejected"]))
-        if prompt >= max_length:
-            prompt_too_long += 1
-        elif longest > max_length:
-            pair_too_long += 1
-        else:
-            kept.append(pair)
+    max_length, max_prompt = spec["max_length"], spec["max_prompt_length"]
+    kept: list[dict] = []
     report = {
+        "over_length": spec["over_length"],
         "max_length": max_length,
         "pairs_in": len(pairs),
-        "pairs_kept": len(kept),
-        "prompt_reaches_max_length": prompt_too_long,
-        "pair_exceeds_max_length": pair_too_long,
+        "prompt_reaches_max_length": 0,
+        "pair_exceeds_max_length": 0,
+        "prompt_truncated": 0,
+        "completions_truncated": 0,
     }
+    for pair in pairs:
+        ids = {key: tokens.encode(pair[key]) for key in ("prompt", "chosen", "rejected")}
+        longest = len(ids["prompt"]) + max(len(ids["chosen"]), len(ids["rejected"]))
+        if longest <= max_length:
+            kept.append(pair)
+        elif spec["over_length"] == "truncate":
+            kept.append(_truncated(pair, ids, tokens, max_length, max_prompt, report))
+        elif len(ids["prompt"]) >= max_length:
+            report["prompt_reaches_max_length"] += 1
+        else:
+            report["pair_exceeds_max_length"] += 1
+    report["pairs_kept"] = len(kept)
     return kept, report
+
+
+def _truncated(
+    pair: dict, ids: dict, tokens: Tokens, max_length: int, max_prompt: int, report: dict
+) -> dict:
+    prompt = ids["prompt"]
+    if len(prompt) > max_prompt:
+        prompt = prompt[-max_prompt:]
+        report["prompt_truncated"] += 1
+    room = max_length - len(prompt)
+    cut = {key: ids[key][:room] for key in ("chosen", "rejected")}
+    if any(len(cut[key]) < len(ids[key]) for key in cut):
+        report["completions_truncated"] += 1
+    return {
+        **pair,
+        "prompt": tokens.decode(prompt),
+        "chosen": tokens.decode(cut["chosen"]),
+        "rejected": tokens.decode(cut["rejected"]),
+        "truncated": True,
+    }
 
 
 def counts_by_kind(pairs: list[dict]) -> dict[str, int]:
@@ -187,18 +223,11 @@ def build_pairs(
 
     Plain DPO reads only the naive samples, so changing step-controlled generation leaves it be.
     """
-    from transformers import AutoTokenizer
-
     builder, needs_negatives = PAIR_SETS[variant]
     negatives = list(read_jsonl(negatives_path)) if needs_negatives else []
     system, seed = params["system_prompt"], params["seed"]
     pairs = builder(list(read_jsonl(samples_path)), negatives, system, seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-    kept, report = length_report(pairs, count, params["dpo"]["max_length"])
+    kept, report = fit_lengths(pairs, _Tokenizer(model_dir), params["pairs"] | params["dpo"])
     train, held_out = split_eval(kept, params["pairs"]["eval_fraction"], seed)
     if not train:
         raise ValueError(f"{variant}: no training pairs left (report: {report})")
@@ -212,10 +241,28 @@ def build_pairs(
     }
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("%s: %s", variant, json.dumps(summary))
-    if report["pairs_kept"] < report["pairs_in"]:
+    dropped = report["pairs_in"] - report["pairs_kept"]
+    if dropped or report["prompt_truncated"] or report["completions_truncated"]:
         log.warning(
-            "%s: %d pairs exceed max_length %d and were dropped (not truncated)",
+            "%s: pairs over max_length %d (over_length: %s): %d dropped, %d prompts and %d "
+            "completions truncated",
             variant,
-            report["pairs_in"] - report["pairs_kept"],
             report["max_length"],
+            report["over_length"],
+            dropped,
+            report["prompt_truncated"],
+            report["completions_truncated"],
         )
+
+
+class _Tokenizer:
+    def __init__(self, model_dir: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -107,25 +107,32 @@ def synthetic_problems(
 # --- real datasets ------------------------------------------------------------------------------
 
 
+# answer_format -> (how the gold answer is found in the field's text, what it must contain)
+ANSWER_FORMATS = {
+    "gsm8k": ("gsm8k_answer", "a '#### N' line"),
+    "boxed": ("extract_answer", "a \\boxed{}"),
+    "answer_is": ("answer_is", "a 'The answer is: X' line"),
+}
+
+
 def _gold_answer(raw: object, answer_format: str, where: str) -> str:
-    from scdpo.grading import extract_answer
+    """The gold answer in a dataset field: as written (`plain`) or found as the grader finds a
+    model's answer (`#### N`, the last box, MetaMath's `The answer is: X`)."""
+    from scdpo.grading import extract
 
     text = str(raw)
     if answer_format == "plain":
         return text.strip()
-    if answer_format == "gsm8k":
-        if "####" not in text:
-            raise DataError(f"{where}: answer has no '#### N' line")
-        return text.rsplit("####", 1)[1].strip().replace(",", "")
-    if answer_format == "boxed":
-        answer = extract_answer(text)
-        if answer is None:
-            raise DataError(f"{where}: answer has no \\boxed{{}}")
-        return answer
-    raise ValueError(f"unknown answer_format {answer_format!r}")
+    finder, what = ANSWER_FORMATS[answer_format]
+    answer = getattr(extract, finder)(text)
+    if answer is None:
+        raise DataError(f"{where}: answer has no {what}")
+    return answer
 
 
-def _sft_blocks(record: dict, where: str, solution_format: str) -> list[dict] | None:
+def _sft_blocks(
+    record: dict, where: str, solution_format: str, solution_key: str = "solution"
+) -> list[dict] | None:
     """A reference solution for SFT: a list of blocks, or (cot) a text to split into steps."""
     if "blocks" in record:
         blocks = record["blocks"]
@@ -134,8 +141,8 @@ def _sft_blocks(record: dict, where: str, solution_format: str) -> list[dict] | 
         ):
             raise DataError(f"{where}: key 'blocks' must be a list of {{kind, content}} objects")
         return blocks
-    if solution_format == "cot" and "solution" in record:
-        return [block.to_json() for block in cot_blocks(str(record["solution"]))]
+    if solution_format == "cot" and solution_key in record:
+        return [block.to_json() for block in cot_blocks(str(record[solution_key]))]
     return None
 
 
@@ -166,21 +173,34 @@ def load_jsonl_problems(
 def load_hf_problems(
     dataset_id: str,
     split: str,
-    name: str | None = None,
+    names: str | list[str] | None = None,
     question_key: str = "question",
     answer_key: str = "answer",
     answer_format: str = "plain",
+    solution_format: str = "code",
+    solution_key: str = "solution",
 ) -> list[dict]:
-    """A Hugging Face dataset by hub id or local dataset directory (e.g. openai/gsm8k, main)."""
+    """A Hugging Face dataset by hub id or local dataset directory (e.g. openai/gsm8k, main).
+
+    Several configurations (`names`, e.g. the seven subjects of EleutherAI/hendrycks_math) are
+    loaded one after the other; ids then read `<configuration>/<row>`. In the cot format, the
+    `solution_key` column is an SFT reference solution (steps split on blank lines).
+    """
     import datasets
 
-    rows = datasets.load_dataset(dataset_id, name, split=split)
     problems = []
-    for index, row in enumerate(rows):
-        where = f"{dataset_id}[{split}] row {index}"
-        question = require(row, question_key, where)
-        answer = _gold_answer(require(row, answer_key, where), answer_format, where)
-        problems.append({"id": f"{index}", "question": str(question), "answer": answer})
+    for name in names if isinstance(names, list) else [names]:
+        rows = datasets.load_dataset(dataset_id, name, split=split)
+        prefix = f"{name}/" if isinstance(names, list) else ""
+        for index, row in enumerate(rows):
+            where = f"{dataset_id}[{name or ''}:{split}] row {index}"
+            question = require(row, question_key, where)
+            answer = _gold_answer(require(row, answer_key, where), answer_format, where)
+            problem = {"id": f"{prefix}{index}", "question": str(question), "answer": answer}
+            blocks = _sft_blocks(dict(row), where, solution_format, solution_key)
+            if blocks is not None:
+                problem["blocks"] = blocks
+            problems.append(problem)
     return problems
 
 
@@ -206,6 +226,8 @@ def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
             source["split"],
             source.get("name"),  # optional: datasets with one configuration have none
             answer_key=source["answer_key"],
+            solution_format=solution_format,
+            solution_key=source["solution_key"],
             **fields,
         )
     else:

@@ -1,5 +1,11 @@
-"""d-e. Naive sampling: adaptive rounds per question until one preferred and one dispreferred
-solution exist or K were drawn; every sample graded and labelled."""
+"""d-e. Naive sampling: adaptive rounds per question until enough preferred and dispreferred
+solutions exist (paper: one of each) or K were drawn; every sample graded and labelled.
+
+Samples are recorded in the order they were drawn, never the order they finished: a round ends
+before the next is drawn, and its samples are judged sorted by draw index, so the file is the
+same whatever the engine, batch size, chunking or shard count, and "the first preferred sample"
+(step control's chosen solution, the naive pair) means the first drawn.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,18 @@ from scdpo.generation.runner import shard_slice
 from scdpo.jsonl import read_jsonl
 from scdpo.labels import Rubric, problem_fields, rubric_of, sample_record
 
+# Stop rules: (min preferred, min dispreferred, near-duplicates dropped). The paper samples until
+# one of each; the released code until 4 right and 4 wrong (Mistral-7B-Ours) or 1 right and 4
+# wrong (InternLM2, MathCoder), dropping near-duplicates (process_gsm8k.py: no_similar).
+STOP_PRESETS = {
+    "paper": (1, 1, False),
+    "released_4_4": (4, 4, True),
+    "released_1_4": (1, 4, True),
+}
+# The released code's near-duplicate: as many blocks and a total length within this many
+# characters of a kept sample with the same label.
+NEAR_DUPLICATE_CHARS = 500
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -18,17 +36,48 @@ class SamplingSettings:
     max_samples: int  # K
     round_size: int
     rubric: Rubric
+    min_preferred: int
+    min_dispreferred: int
+    drop_near_duplicates: bool
+
+
+def stop_rule(spec: str | dict) -> tuple[int, int, bool]:
+    """`stop: paper | released_4_4 | released_1_4` or explicit {min_preferred, ...}."""
+    if isinstance(spec, str):
+        return STOP_PRESETS[spec]
+    return spec["min_preferred"], spec["min_dispreferred"], spec["drop_near_duplicates"]
 
 
 def sampling_settings(params: dict) -> SamplingSettings:
     """Naive sampling as an experiment's `sampling`, `system_prompt` and `noise` blocks say."""
     sampling = params["sampling"]
+    min_preferred, min_dispreferred, drop = stop_rule(sampling["stop"])
     return SamplingSettings(
         temperature=sampling["temperature"],
         max_samples=sampling["max_samples"],
         round_size=sampling["round_size"],
         rubric=rubric_of(params),
+        min_preferred=min_preferred,
+        min_dispreferred=min_dispreferred,
+        drop_near_duplicates=drop,
     )
+
+
+def _length(sample: dict) -> int:
+    return sum(len(b["content"]) for b in sample["blocks"])
+
+
+def near_duplicate_of(sample: dict, kept: list[dict]) -> int | None:
+    """The draw index of a kept sample with the same label that this one nearly repeats."""
+    label = "preferred" if sample["preferred"] else "dispreferred"
+    for other in kept:
+        if (
+            other[label]
+            and len(other["blocks"]) == len(sample["blocks"])
+            and abs(_length(other) - _length(sample)) < NEAR_DUPLICATE_CHARS
+        ):
+            return other["draw"]
+    return None
 
 
 class SamplingTask:
@@ -36,14 +85,21 @@ class SamplingTask:
         self.problem = problem
         self.settings = settings
         self.prompt = settings.rubric.prompt(problem["question"])
-        self.samples: list[dict] = []
+        self.samples: list[dict] = []  # judged, in draw order
+        self.round: list[dict] = []  # finished samples of the round being drawn
         self.outstanding = 0
         self.drawn = 0
 
     def _draw(self) -> list[Partial]:
         count = min(self.settings.round_size, self.settings.max_samples - self.drawn)
         partials = [
-            Partial(self, self.prompt, [], seed_key=f"sample/{self.problem['id']}/{self.drawn + i}")
+            Partial(
+                self,
+                self.prompt,
+                [],
+                seed_key=f"sample/{self.problem['id']}/{self.drawn + i}",
+                tag={"draw": self.drawn + i},
+            )
             for i in range(count)
         ]
         self.drawn += count
@@ -58,21 +114,34 @@ class SamplingTask:
 
     def retire(self, partial: Partial) -> list[Partial]:
         verdict = self.settings.rubric.judge(partial, self.problem["answer"])
-        self.samples.append(sample_record(partial, verdict))
+        self.round.append({"draw": partial.tag["draw"], **sample_record(partial, verdict)})
         self.outstanding -= 1
-        if self.outstanding or self.done:
+        if self.outstanding:
             return []
-        return self._draw()
+        for sample in sorted(self.round, key=lambda s: s["draw"]):
+            self._keep(sample)
+        self.round = []
+        return [] if self.done else self._draw()
+
+    def _keep(self, sample: dict) -> None:
+        """Append a judged sample; a near-duplicate keeps its record but loses its label."""
+        if self.settings.drop_near_duplicates and (sample["preferred"] or sample["dispreferred"]):
+            original = near_duplicate_of(sample, self.samples)
+            if original is not None:
+                sample |= {"preferred": False, "dispreferred": False, "duplicate_of": original}
+        self.samples.append(sample)
 
     @property
     def done(self) -> bool:
-        have_pair = any(s["preferred"] for s in self.samples) and any(
-            s["dispreferred"] for s in self.samples
+        preferred = sum(s["preferred"] for s in self.samples)
+        dispreferred = sum(s["dispreferred"] for s in self.samples)
+        enough = (
+            preferred >= self.settings.min_preferred
+            and dispreferred >= self.settings.min_dispreferred
         )
-        return have_pair or self.drawn >= self.settings.max_samples
+        return enough or self.drawn >= self.settings.max_samples
 
     def record(self) -> dict:
-        # Samples are in the order they finished (issue 13 makes this the draw order).
         return {**problem_fields(self.problem), "samples": self.samples}
 
 

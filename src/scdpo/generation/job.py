@@ -54,6 +54,12 @@ def input_stamp(*paths: str) -> list:
     return stamp
 
 
+def resume_key(params: dict, model_dir: str, items: list[dict]) -> str:
+    """Everything that decides a job's records: a resume file with another key is not reused
+    (a changed config, a retrained model, or other questions under the same shard)."""
+    return fingerprint(params, input_stamp(model_dir), items)
+
+
 def run_generation(
     items: list[dict],
     make_task: Callable[[dict], Task],
@@ -69,7 +75,7 @@ def run_generation(
 
     set_threads(threads)
     generation = params["generation"]
-    key = fingerprint(params, input_stamp(model_dir))
+    key = resume_key(params, model_dir, items)
     with sandbox_pool(params["sandbox"], workers=max(1, threads)) as pool:
         records, stats = run_resumable(
             items,

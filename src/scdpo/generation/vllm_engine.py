@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from scdpo.generation.backends import Completion, Request
+from scdpo.modeling import has_remote_code
 from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE
 
 
@@ -32,6 +33,7 @@ class VLLMBackend:
 
         self.llm = LLM(
             model=model_path,
+            trust_remote_code=has_remote_code(model_path),
             tensor_parallel_size=tensor_parallel_size,
             enable_prefix_caching=True,
             gpu_memory_utilization=gpu_memory_utilization,

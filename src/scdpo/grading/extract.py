@@ -103,15 +103,30 @@ def chinese_answer(solution: str) -> str | None:
     return solution[start:].split("\n", 1)[0].strip() or None
 
 
+_ANSWER_IS_RE = re.compile(r"the answer is\s*:?", re.IGNORECASE)
+
+
+def answer_is(solution: str) -> str | None:
+    """What follows the last `The answer is:` on its line (MetaMath's chain-of-thought ending),
+    without a final full stop or math-mode dollars."""
+    matches = list(_ANSWER_IS_RE.finditer(solution))
+    if not matches:
+        return None
+    line = solution[matches[-1].end() :].split("\n", 1)[0].strip()
+    line = line.rstrip("。．.").strip().strip("$").strip()
+    return line or None
+
+
 def predicted_answer(solution: str) -> str | None:
     """The final answer a solution states, or None when it states none.
 
-    The last box; else the last `#### ` line (GSM8K); else the last `答：` line; else the text
-    itself as a bare answer, unless it is a whole solution (pipeline markers or several lines).
+    The last box; else the last `#### ` line (GSM8K); else the last `The answer is:` line
+    (MetaMath); else the last `答：` line; else the text itself as a bare answer, unless it is a
+    whole solution (pipeline markers or several lines).
     """
     if "\\boxed" in solution or "\\fbox" in solution:
         return boxed_answers(solution)  # None when the last box is unclosed (truncated)
-    for find in (gsm8k_answer, chinese_answer):
+    for find in (gsm8k_answer, answer_is, chinese_answer):
         found = find(solution)
         if found is not None:
             return found

@@ -11,6 +11,7 @@ import pandas as pd
 
 from scdpo.jsonl import read_jsonl
 from scdpo.names import COMPARISONS, model_label
+from scdpo.results.data_scale import source_of
 from scdpo.results.render import fmt_ci, fmt_p, html_page, markdown_page, pct, sorted_by_model
 from scdpo.results.stats import accuracy_ci, paired_difference
 
@@ -95,11 +96,6 @@ def paired_comparisons(
                 }
             )
     return pd.DataFrame(rows)
-
-
-def source_of(question_id: str) -> str:
-    """The source tag of a question id ('gsm8k:12' -> 'gsm8k'); '' for untagged ids."""
-    return question_id.split(":", 1)[0] if ":" in question_id else ""
 
 
 def pair_counts(pairs: Mapping[tuple[str, str], Iterable[dict]]) -> pd.DataFrame:

@@ -38,12 +38,16 @@ def read_benchmark(path: str | Path) -> dict:
 def cost_table(
     records: Sequence[dict], gpus_per_rule: Mapping[str, float], stage_order: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """records: {rule, experiment, s, cpu_time, max_rss, resources}. One row per (experiment,
+    """records: {rule, experiment, s, cpu_time, max_rss, resources}; gpus_per_rule: GPUs per job
+    by rule, or by "<rule>/<experiment>" where the experiment decides. One row per (experiment,
     rule): jobs, wall hours (sum and longest job), CPU hours, peak RSS, GPUs per job and
     GPU-hours (rules with GPUs only); a final 'total' row."""
     rows: dict[tuple[str, str], dict] = {}
     for r in records:
-        gpus = float(r.get("resources", {}).get("gpu", gpus_per_rule.get(r["rule"], 0)) or 0)
+        planned = gpus_per_rule.get(
+            f"{r['rule']}/{r['experiment']}", gpus_per_rule.get(r["rule"], 0)
+        )
+        gpus = float(r.get("resources", {}).get("gpu", planned) or 0)
         row = rows.setdefault(
             (r["experiment"], r["rule"]),
             {

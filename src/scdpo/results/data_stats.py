@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from scdpo.jsonl import read_jsonl
+from scdpo.results.data_scale import data_scale_table
 from scdpo.results.render import html_page, markdown_page
 from scdpo.solution import Block, render_blocks, render_solution
 
@@ -201,15 +202,24 @@ def _summary_frame(summary: Mapping[str, float]) -> pd.DataFrame:
 
 
 def data_stats_report(
-    samples_path: str, negatives_path: str, out: Mapping[str, str], title: str
+    samples_path: str,
+    negatives_path: str,
+    pair_paths: Mapping[str, Sequence[str]],
+    paper_model: str | None,
+    out: Mapping[str, str],
+    title: str,
 ) -> None:
-    """out: md, html (tables), png (four panels), yields (CSV per split index)."""
+    """out: md, html (tables), png (four panels), yields (CSV per split index), scale (CSV of
+    the data per source beside the paper's counts). pair_paths: variant -> its pair files."""
     samples = list(read_jsonl(samples_path))
     negatives = list(read_jsonl(negatives_path))
+    pairs = {v: [p for path in paths for p in read_jsonl(path)] for v, paths in pair_paths.items()}
+    scale = data_scale_table(samples, pairs, paper_model)
     yields = yield_by_split(negatives)
     temps = wrong_temperatures(negatives)
     lengths = answer_lengths(samples, negatives)
     sections = [
+        ("Data per source, beside the paper's Table 1", scale),
         ("Naive sampling", _summary_frame(sampling_summary(samples))),
         ("Step-controlled generation", _summary_frame(step_control_summary(negatives))),
         ("Yield per split index k", yields.round(3)),
@@ -217,6 +227,7 @@ def data_stats_report(
         ("Answer lengths", length_summary(lengths)),
     ]
     yields.to_csv(out["yields"], index=False)
+    scale.to_csv(out["scale"], index=False)
     Path(out["md"]).write_text(markdown_page(title, sections))
     Path(out["html"]).write_text(html_page(title, sections))
     plot_data_stats(samples, yields, temps, lengths, out["png"], title)
