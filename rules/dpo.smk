@@ -12,7 +12,7 @@ rule dpo_train:
         "logs/benchmarks/dpo_train/{exp}/{variant}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=24 * 60,

@@ -11,7 +11,7 @@ rule eval_predict:
         "logs/benchmarks/eval_predict/{exp}/{model}/{benchmark}.tsv"
     conda:
         "../envs/eval.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=6 * 60,

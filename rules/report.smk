@@ -49,7 +49,7 @@ rule pilot_predict:
         temperature=r"[0-9][0-9.e+-]*",
     conda:
         "../envs/eval.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=6 * 60,
@@ -118,7 +118,7 @@ rule credit_assign:
         "logs/benchmarks/credit_assign/{exp}.tsv"
     conda:
         "../envs/report.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=60,

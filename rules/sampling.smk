@@ -11,7 +11,7 @@ rule solutions_sample:
         "logs/benchmarks/solutions_sample/{exp}/shard{shard}-of{shards}.tsv"
     conda:
         "../envs/generate.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=12 * 60,

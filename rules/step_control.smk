@@ -11,7 +11,7 @@ rule negatives_step_controlled:
         "logs/benchmarks/negatives_step_controlled/{exp}/shard{shard}-of{shards}.tsv"
     conda:
         "../envs/generate.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=12 * 60,
