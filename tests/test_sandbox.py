@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from scdpo import sandbox
-from scdpo.sandbox import SandboxConfig, SandboxError, SandboxPool, _pool, run_blocks
+from scdpo.sandbox import SandboxConfig, SandboxError, SandboxPool, _launch, run_blocks
 
 
 def _bwrap_problem() -> str | None:
@@ -30,7 +30,7 @@ def _bwrap_problem() -> str | None:
     bwrap = sandbox.find_bwrap()
     if bwrap is None:
         return "bubblewrap (bwrap) is not installed (apt-get install bubblewrap)"
-    argv = _pool._bwrap_argv(bwrap, os.geteuid() == 0) + [sys.executable, "-c", "pass"]
+    argv = _launch._bwrap_argv(bwrap, os.geteuid() == 0) + [sys.executable, "-c", "pass"]
     probe = subprocess.run(argv, capture_output=True, text=True, env={})
     return (
         f"bwrap cannot create its sandbox here: {probe.stderr.strip()}"
@@ -110,7 +110,7 @@ def sandbox_processes(wait: float = 3.0) -> list[int]:
                 uid = int(re.search(r"^Uid:\s+(\d+)", status.read_text(), re.M).group(1))
             except (OSError, AttributeError):
                 continue
-            if uid >= _pool.UID_BASE:
+            if uid >= _launch.UID_BASE:
                 pids.append(int(status.parent.name))
         if not pids or time.monotonic() > deadline:
             return pids
@@ -294,7 +294,7 @@ def test_secrets_in_home_and_project_are_invisible(attack, fake_home: Path) -> N
     home = Path(pwd.getpwuid(os.getuid()).pw_dir)
     needed = {
         Path(r).relative_to(home).parts[0]
-        for r in _pool._python_roots()
+        for r in _launch._python_roots()
         if Path(r).is_relative_to(home)
     }
     visible = ast.literal_eval(out[4]) if out[4].startswith("[") else []
@@ -303,7 +303,7 @@ def test_secrets_in_home_and_project_are_invisible(attack, fake_home: Path) -> N
 
 def test_writing_outside_the_temp_dir(attack) -> None:
     target = PROJECT / f"pwned-{uuid.uuid4().hex}"
-    site = _pool._python_roots()[-1]
+    site = _launch._python_roots()[-1]
     out = attack(
         [
             f"open({str(target)!r}, 'w').write('x')",
@@ -331,21 +331,21 @@ def _tmp_is_empty(attack) -> bool:
 
 def _python_mount_points(directory: Path) -> list[str]:
     """What the sandbox shows of `directory`: the first path component of each Python root in it."""
-    roots = [Path(root) for root in _pool._python_roots()]
+    roots = [Path(root) for root in _launch._python_roots()]
     return sorted({r.relative_to(directory).parts[0] for r in roots if r.is_relative_to(directory)})
 
 
 def test_cleaning_the_temp_dir_keeps_only_the_path_to_the_venv(tmp_path: Path) -> None:
-    from scdpo.sandbox import _worker
+    from scdpo.sandbox import _confine
 
     (tmp_path / "checkout" / ".venv").mkdir(parents=True)
     (tmp_path / "left.txt").write_text("x")
     (tmp_path / "left" / "deeper").mkdir(parents=True)
-    _worker.clean_workdir(str(tmp_path), {"checkout"})
+    _confine.clean_workdir(str(tmp_path), {"checkout"})
     assert os.listdir(tmp_path) == ["checkout"] and (tmp_path / "checkout" / ".venv").is_dir()
     venv = Path(sys.prefix).resolve()
-    assert venv.parts[-2] in _worker.python_entries(str(venv.parents[1]))
-    assert _worker.python_entries(str(tmp_path)) == set()
+    assert venv.parts[-2] in _confine.python_entries(str(venv.parents[1]))
+    assert _confine.python_entries(str(tmp_path)) == set()
 
 
 def test_no_network_even_to_localhost(attack) -> None:
@@ -482,7 +482,7 @@ def test_closed_pool_refuses_work() -> None:
 
 
 def test_without_bwrap_refuses_unless_allowed(monkeypatch, caplog, tmp_path) -> None:
-    monkeypatch.setattr(_pool, "find_bwrap", lambda: None)
+    monkeypatch.setattr(_launch, "find_bwrap", lambda: None)
     with pytest.raises(SandboxError, match="bubblewrap"):
         SandboxPool(workers=1)
     with SandboxPool(workers=1, config=SandboxConfig(timeout=1, allow_unsandboxed=True)) as pool:

@@ -21,7 +21,17 @@ import pytest
 from test_sandbox import BWRAP_PROBLEM, NORMAL, NORMAL_OUT, _children_named, last_line
 
 from scdpo.jsonl import write_jsonl
-from scdpo.sandbox import SandboxConfig, SandboxPool, _cgroup, _pool, _worker
+from scdpo.sandbox import (
+    SandboxConfig,
+    SandboxPool,
+    _cells,
+    _cgroup,
+    _confine,
+    _launch,
+    _pool,
+    _supervise,
+    _watch,
+)
 
 pytestmark = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=str(BWRAP_PROBLEM))
 
@@ -201,7 +211,7 @@ def test_nothing_in_tmp_or_dev_shm_survives_a_solution(pool: SandboxPool, attack
 
 
 def _python_entries_in_tmp() -> list[str]:
-    roots = [Path(r) for r in _pool._python_roots()]
+    roots = [Path(r) for r in _launch._python_roots()]
     return sorted({r.relative_to("/tmp").parts[0] for r in roots if r.is_relative_to("/tmp")})
 
 
@@ -212,7 +222,7 @@ def test_a_flood_of_files_is_capped_and_costs_the_next_solution_nothing(attack) 
         "        n += 1\nexcept OSError as e:\n    print(n, e.errno)"
     )
     count, errno = attack([flood])[0].split()
-    assert int(count) < _worker.TMP_INODES and errno == "28"  # ENOSPC: out of inodes
+    assert int(count) < _confine.TMP_INODES and errno == "28"  # ENOSPC: out of inodes
 
 
 def test_a_child_cannot_find_an_earlier_solutions_code(pool: SandboxPool) -> None:
@@ -263,13 +273,13 @@ def test_real_time_signals_end_the_code_not_the_worker(attack, sig: int) -> None
 
 
 def test_result_handling_errors_never_kill_the_worker() -> None:
-    sup = _worker.Supervisor.__new__(_worker.Supervisor)
+    sup = _supervise.Supervisor.__new__(_supervise.Supervisor)
     sup.ctrl_limit = 1000
-    buf = bytearray(_worker.HEADER.pack(8) + b"[[[[[[[[")
+    buf = bytearray(_cells.HEADER.pack(8) + b"[[[[[[[[")
     ready: set[str] = set()
     assert sup.pop_results(buf, 1, ready) == [] and ready == {"protocol"}
-    assert _worker.death_message(signal.SIGRTMIN + 5).startswith("RuntimeError")  # exit code
-    assert "SIGRTMIN+5" in _worker.death_message(signal.SIGRTMIN + 5 & 0x7F)
+    assert _watch.death_message(signal.SIGRTMIN + 5).startswith("RuntimeError")  # exit code
+    assert "SIGRTMIN+5" in _watch.death_message(signal.SIGRTMIN + 5 & 0x7F)
 
 
 # ---------------------------------------------------------------- outputs that break the pipeline
@@ -318,8 +328,8 @@ def test_truncation_counts_characters_and_keeps_the_error_line(attack) -> None:
 def test_compose_is_exact() -> None:
     """What the note says was left out is exactly what is missing."""
     full = "o" * 1500 + "Traceback\n" + "t" * 900 + "\nValueError: boom"
-    result = _worker.clip(full[1500:], True, 1, 2000)
-    text = _worker.compose("o" * 1500, 0, result, 2000)
+    result = _confine.clip(full[1500:], True, 1, 2000)
+    text = _watch.compose("o" * 1500, 0, result, 2000)
     head, rest = text.split("\n... [output truncated: ")
     omitted = int(rest.split(" ")[0])
     assert rest.endswith("\nValueError: boom")

@@ -4,6 +4,7 @@
 `run_blocks` is the simple form for scripts and checks.
 """
 
-from ._pool import SandboxConfig, SandboxError, SandboxPool, find_bwrap, run_blocks
+from ._launch import SandboxConfig, SandboxError, find_bwrap
+from ._pool import SandboxPool, run_blocks
 
 __all__ = ["SandboxConfig", "SandboxError", "SandboxPool", "find_bwrap", "run_blocks"]
