@@ -34,11 +34,12 @@ config.update(canonical(config))
 
 # The interpreter of the training CLI (the shell rules): with conda, the rule's env's `python`
 # (first on its PATH); without, the interpreter running Snakemake (the project's .venv), not
-# whichever `python` the user's PATH finds first. Not a param: where it lives changes no result.
+# whichever `python` the user's PATH finds first. Relative to the working directory, like the CLI,
+# so that provenance does not change when the checkout moves.
 PYTHON = (
     "python"
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else sys.executable
+    else os.path.relpath(sys.executable)
 )
 
 # The training CLI, relative to the working directory so that provenance does not change when the

@@ -19,11 +19,12 @@ rule dpo_train:
         gpu=0,
     params:
         recipe=recipe_json("dpo"),
+        python=PYTHON,
         cli=TRAIN_CLI,
         launcher=launcher("dpo"),
     # Resumable like sft_train: checkpoints outside {output}, launcher started by the CLI.
     shell:
-        "{PYTHON} {params.cli} dpo --model {input.model} --data {input.train}"
+        "{params.python} {params.cli} dpo --model {input.model} --data {input.train}"
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
         " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.variant}"
         " --launcher '{params.launcher}' > {log} 2>&1"

@@ -40,13 +40,14 @@ rule sft_train:
         gpu=0,
     params:
         recipe=recipe_json("sft"),
+        python=PYTHON,
         cli=TRAIN_CLI,
         launcher=launcher("sft"),
     # Checkpoints live outside {output} (deleted on failure): a re-run, or SLURM's retry after
     # the time limit or a preemption, resumes there. The CLI starts the launcher itself, on a free
     # rendezvous port, and exits 75 after saving on a stop signal (docs/slurm.md).
     shell:
-        "{PYTHON} {params.cli} sft --model {input.model} --data {input.data}"
+        "{params.python} {params.cli} sft --model {input.model} --data {input.data}"
         " --out {output} --recipe '{params.recipe}' --threads {threads}"
         " --checkpoint-dir results/{wildcards.exp}/checkpoints/sft"
         " --launcher '{params.launcher}' > {log} 2>&1"
