@@ -113,6 +113,8 @@ def summary(workdir: Path, wall: float, cores: int, facts: dict[str, str]) -> st
 
 def replace_block(text: str, name: str, block: str) -> str:
     begin, end = markers(name)
+    if begin not in text or end not in text:
+        raise SystemExit(f"README.md has no block for {name}: add the lines\n{begin}\n{end}")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{block}{end}{tail}"

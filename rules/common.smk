@@ -43,7 +43,7 @@ PYTHON = (
 )
 
 # The training CLI, relative to the working directory so that provenance does not change when the
-# checkout moves; `python` or `accelerate launch` runs it.
+# checkout moves; PYTHON runs it, and it starts the recipe's `accelerate launch` itself.
 TRAIN_CLI = os.path.relpath(
     os.path.join(workflow.basedir, "workflow_scripts", "train.py")
 )

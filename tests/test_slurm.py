@@ -48,20 +48,26 @@ class WorkflowUnderTest:
     source: Path  # copied to a temporary directory, which becomes --directory
     snakefile: str = "Snakefile"  # relative to source
     extra_args: tuple[str, ...] = ()
+    # Skipped at any depth.
     ignore: tuple[str, ...] = (
         ".git",
         ".venv",
         ".snakemake",
-        "results",
-        "logs",
-        "resources",
-        "benchmarks",
         "__pycache__",
         "*.egg-info",
         ".pytest_cache",
         ".ruff_cache",
     )
+    # Skipped at the top only: src/scdpo/results is a package, not a run's results.
+    ignore_top: tuple[str, ...] = ("results", "logs", "resources", "benchmarks")
     timeout_s: int = 300
+
+    def ignored(self, directory: str, names: list[str]) -> set[str]:
+        """shutil.copytree's ignore: the run-time folders of the source, never the package."""
+        skipped = set(shutil.ignore_patterns(*self.ignore)(directory, names))
+        if Path(directory) == self.source:
+            skipped |= set(self.ignore_top) & set(names)
+        return skipped
 
 
 WORKFLOWS = [
@@ -148,7 +154,7 @@ def test_workflow_runs_through_slurm(
 ):
     cluster = slurm_cluster
     workdir = tmp_path / wf.id
-    shutil.copytree(wf.source, workdir, ignore=shutil.ignore_patterns(*wf.ignore))
+    shutil.copytree(wf.source, workdir, ignore=wf.ignored)
     env = snakemake_env(cluster)
     args = [
         "--profile",

@@ -208,7 +208,8 @@ def test_data_files_do_not_depend_on_shards_batch_size_or_chunks(micro_run, tmp_
 
     changed = _changed_config(micro_run, reshard)
     targets = [f"results/micro/{name}" for name in DATA_FILES]
-    result = snakemake(workdir, "--cores", "2", "--configfile", changed, *targets)
+    # Targets first: --configfile takes every argument after it.
+    result = snakemake(workdir, *targets, "--cores", "2", "--configfile", changed)
     assert result.returncode == 0, result.output[-3000:]
     for name in DATA_FILES:
         ours = (workdir / "results" / "micro" / name).read_bytes()
