@@ -107,3 +107,27 @@ def test_a_saved_model_with_its_own_code_is_loaded_trusting_it(tmp_path):
     )
     assert not has_remote_code(tmp_path / "plain") and has_remote_code(tmp_path / "remote")
     assert not has_remote_code(tmp_path / "missing")
+
+
+def test_generation_prompts_are_a_prefix_of_the_training_ids_bos_included():
+    """TRL tokenises training examples with the tokenizer's special tokens (BOS for Mistral):
+    the engines' prompt ids must be the start of the same example's training ids."""
+    from tokenizers.processors import TemplateProcessing
+
+    from scdpo.generation.encoding import PieceEncoder
+    from scdpo.tokens import leading_special_ids, prompt_ids
+
+    tokenizer = train_tokenizer(corpus(50), vocab_size=300)
+    assert leading_special_ids(tokenizer) == []  # the scratch tokenizer adds none
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    problem = synthetic_problems(1, seed=3)[0]
+    prompt = render_prompt(problem["question"], "Solve.")
+    completion = render_solution([Block.from_json(b) for b in problem["blocks"]])
+    training = tokenizer(prompt + completion).input_ids  # what TRL's trainers see
+    ids = prompt_ids(tokenizer, prompt)
+    assert ids[0] == bos and training[: len(ids)] == ids
+    assert PieceEncoder(tokenizer).encode(prompt) == ids

@@ -18,7 +18,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "scdpo"
 
 FLOORS = {
-    0: ["names", "config", "jsonl", "solution", "sandbox", "grading", "results", "results.stats"],
+    0: [
+        "names",
+        "config",
+        "tokens",
+        "jsonl",
+        "solution",
+        "sandbox",
+        "grading",
+        "results",
+        "results.stats",
+    ],
     1: [
         "problems",
         "modeling",

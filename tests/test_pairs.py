@@ -96,6 +96,8 @@ def test_mix_and_eval_split_keep_every_pair_once():
 class Words:
     """A tokenizer of whitespace-separated words."""
 
+    leading = 0
+
     def encode(self, text: str) -> list[str]:
         return text.split()
 
@@ -117,6 +119,16 @@ def test_the_drop_policy_drops_what_trl_would_truncate_and_counts_it():
     assert report["pair_exceeds_max_length"] == 1
     assert report["prompt_reaches_max_length"] == 1
     assert report["pairs_kept"] == 1 and report["completions_truncated"] == 0
+
+
+def test_the_trainers_bos_counts_against_max_length():
+    class WordsWithBos(Words):
+        leading = 1
+
+    spec = {"max_length": 8, "max_prompt_length": 4, "over_length": "drop"}
+    kept, report = fit_lengths(LONG_PAIRS[:1], WordsWithBos(), {**spec, "max_length": 7})
+    assert kept == [] and report["pair_exceeds_max_length"] == 1  # 1 + 3 + 4 > 7
+    assert fit_lengths(LONG_PAIRS[:1], WordsWithBos(), spec)[0] == LONG_PAIRS[:1]
 
 
 def test_the_truncate_policy_cuts_like_the_original_and_counts_it():

@@ -113,7 +113,10 @@ def split_eval(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict
 
 
 class Tokens(Protocol):
-    """The tokenizer as pair building needs it (token ids without special tokens)."""
+    """The tokenizer as pair building needs it: token ids without special tokens, and how many
+    special tokens (BOS) the trainer puts before every prompt."""
+
+    leading: int
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -130,11 +133,12 @@ def fit_lengths(pairs: list[dict], tokens: Tokens, spec: dict) -> tuple[list[dic
     did: a prompt over max_prompt_length keeps its end, then both completions keep their start
     up to max_length; long MATH pairs survive, cut.
     """
-    max_length, max_prompt = spec["max_length"], spec["max_prompt_length"]
+    # The trainer's BOS counts against max_length too.
+    max_length, max_prompt = spec["max_length"] - tokens.leading, spec["max_prompt_length"]
     kept: list[dict] = []
     report = {
         "over_length": spec["over_length"],
-        "max_length": max_length,
+        "max_length": spec["max_length"],
         "pairs_in": len(pairs),
         "prompt_reaches_max_length": 0,
         "pair_exceeds_max_length": 0,
@@ -259,7 +263,10 @@ class _Tokenizer:
     def __init__(self, model_dir: str) -> None:
         from transformers import AutoTokenizer
 
+        from scdpo.tokens import leading_special_ids
+
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.leading = len(leading_special_ids(self.tokenizer))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids

@@ -6,12 +6,15 @@ import logging
 import re
 
 from scdpo.solution import MARKERS
+from scdpo.tokens import leading_special_ids
 
 log = logging.getLogger(__name__)
 
 
 class PieceEncoder:
-    """Token ids of a text, tokenising only the pieces between marker tokens not seen before.
+    """Token ids of a prompt as training saw it (scdpo.modeling.prompt_ids: the tokenizer's leading
+    special tokens, e.g. BOS, then the text), tokenising only the pieces between marker tokens
+    not seen before.
 
     The marker tokens are special tokens, which the tokenizer splits off before anything else, so
     a text's ids are its pieces' ids joined; the frontier's prompts share most pieces (system
@@ -25,6 +28,7 @@ class PieceEncoder:
         self.marker_ids = {m: vocab[m] for m in MARKERS if m in vocab}
         self.marker_split = re.compile("(" + "|".join(map(re.escape, self.marker_ids)) + ")")
         self.by_pieces, self.checks_left = True, checks
+        self.leading = leading_special_ids(tokenizer)
         self.encoded: dict[str, list[int]] = {}  # texts counted, not yet taken
         self.pieces: dict[str, list[int]] = {}
 
@@ -49,6 +53,7 @@ class PieceEncoder:
                     self.by_pieces, ids = False, whole
         else:
             ids = self.tokenize(text)
+        ids = self.leading + ids
         self.encoded[text] = ids  # for the `take` that follows `count_tokens`
         return ids
 

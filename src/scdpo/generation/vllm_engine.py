@@ -7,6 +7,7 @@ from collections.abc import Hashable
 from scdpo.generation.backends import Completion, Request
 from scdpo.modeling import has_remote_code
 from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE
+from scdpo.tokens import prompt_ids
 
 
 class VLLMBackend:
@@ -46,12 +47,12 @@ class VLLMBackend:
         }
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return len(prompt_ids(self.tokenizer, text))
 
     def _inputs(self, request: Request, max_new_tokens: int, **extra):
         from vllm import SamplingParams, TokensPrompt
 
-        ids = self.tokenizer(request.prompt, add_special_tokens=False).input_ids
+        ids = prompt_ids(self.tokenizer, request.prompt)
         params = SamplingParams(
             temperature=request.temperature,  # 0: greedy
             seed=request.seed,

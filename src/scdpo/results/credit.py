@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from scdpo.tokens import prompt_ids
+
 __all__ = [
     "TokenRewards",
     "block_rewards",
@@ -61,15 +63,15 @@ def _tile_offsets(raw: Sequence[tuple[int, int]], length: int) -> list[tuple[int
 
 
 def _encode(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int], list]:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids(tokenizer, prompt)  # with the BOS training saw
     enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
-    if not prompt_ids:
+    if not ids:
         raise ValueError(
             "the prompt must tokenize to at least one token (it conditions the "
             "first completion token)"
         )
     spans = _tile_offsets([tuple(o) for o in enc["offset_mapping"]], len(completion))
-    return list(prompt_ids), list(enc["input_ids"]), spans
+    return ids, list(enc["input_ids"]), spans
 
 
 def _completion_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:

@@ -1,0 +1,20 @@
+"""Token ids of a prompt as the trainers saw it, for every engine and scorer (no imports: any
+tokenizer with the Hugging Face call interface)."""
+
+from __future__ import annotations
+
+
+def leading_special_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before a text (BOS for Llama and Mistral). TRL's
+    trainers tokenise training examples with them, so generation prompts start with them too."""
+    marked = tokenizer("a", add_special_tokens=True).input_ids
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    for start in range(len(marked) - len(plain) + 1):
+        if marked[start : start + len(plain)] == plain:
+            return list(marked[:start])
+    return []
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """A prompt's token ids as training saw them: the leading special tokens, then the text."""
+    return leading_special_ids(tokenizer) + tokenizer(prompt, add_special_tokens=False).input_ids
