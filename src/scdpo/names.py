@@ -16,6 +16,8 @@ MODEL_LABELS = {
     "dpo_data_equal": "DPO (data-equal)",
     "scdpo": "SCDPO",
 }
+# The kind of a step-controlled pair (naive pairs are "naive" or "naive_extra").
+STEP_CONTROLLED = "step_controlled"
 # Report comparisons (model, baseline): each variant against SFT, SCDPO against both baselines.
 COMPARISONS = (
     ("dpo", "sft"),

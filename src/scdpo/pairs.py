@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from scdpo.jsonl import read_jsonl, write_jsonl
+from scdpo.names import STEP_CONTROLLED
 from scdpo.solution import Block, render_blocks, render_prompt, render_solution
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def step_controlled_pairs(generated: list[dict], system: str) -> list[dict]:
             pairs.append(
                 {
                     "id": question["id"],
-                    "kind": "step_controlled",
+                    "kind": STEP_CONTROLLED,
                     "k": k,
                     "temperatures": negative["temperatures"],
                     "prompt": render_prompt(question["question"], system)

@@ -15,6 +15,9 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """A prompt's token ids as training saw them: the leading special tokens, then the text."""
-    return leading_special_ids(tokenizer) + tokenizer(prompt, add_special_tokens=False).input_ids
+def prompt_ids(tokenizer, prompt: str, leading: list[int] | None = None) -> list[int]:
+    """A prompt's token ids as training saw them: the leading special tokens (pass them when
+    encoding many prompts, they are the same for all), then the text."""
+    if leading is None:
+        leading = leading_special_ids(tokenizer)
+    return leading + tokenizer(prompt, add_special_tokens=False).input_ids

@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from scdpo.generation.backends import Completion, Request
 from scdpo.modeling import has_remote_code
 from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE
-from scdpo.tokens import prompt_ids
+from scdpo.tokens import leading_special_ids, prompt_ids
 
 
 class VLLMBackend:
@@ -41,18 +41,19 @@ class VLLMBackend:
             max_model_len=max_model_len,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.leading = leading_special_ids(self.tokenizer)  # BOS, the same for every prompt
         self.stop_ids = {
             self.tokenizer.convert_tokens_to_ids(END_OF_BLOCK): END_OF_BLOCK,
             self.tokenizer.convert_tokens_to_ids(END_OF_MESSAGE): END_OF_MESSAGE,
         }
 
     def count_tokens(self, text: str) -> int:
-        return len(prompt_ids(self.tokenizer, text))
+        return len(prompt_ids(self.tokenizer, text, self.leading))
 
     def _inputs(self, request: Request, max_new_tokens: int, **extra):
         from vllm import SamplingParams, TokensPrompt
 
-        ids = prompt_ids(self.tokenizer, request.prompt)
+        ids = prompt_ids(self.tokenizer, request.prompt, self.leading)
         params = SamplingParams(
             temperature=request.temperature,  # 0: greedy
             seed=request.seed,

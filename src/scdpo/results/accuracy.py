@@ -10,13 +10,12 @@ from pathlib import Path
 import pandas as pd
 
 from scdpo.jsonl import read_jsonl
-from scdpo.names import COMPARISONS, model_label
+from scdpo.names import COMPARISONS, STEP_CONTROLLED, model_label
 from scdpo.results.data_scale import source_of
 from scdpo.results.render import fmt_ci, fmt_p, html_page, markdown_page, pct, sorted_by_model
 from scdpo.results.stats import accuracy_ci, paired_difference
 
 log = logging.getLogger(__name__)
-SC = "step_controlled"
 
 # (experiment, model, benchmark) -> question id -> correct
 Outcomes = Mapping[tuple[str, str, str], Mapping[str, bool]]
@@ -109,7 +108,7 @@ def pair_counts(pairs: Mapping[tuple[str, str], Iterable[dict]]) -> pd.DataFrame
                 dict(zip(("experiment", "variant", "source"), key, strict=True))
                 | {"naive": 0, "step_controlled": 0},
             )
-            row[SC if pair["kind"] == SC else "naive"] += 1
+            row[STEP_CONTROLLED if pair["kind"] == STEP_CONTROLLED else "naive"] += 1
     table = pd.DataFrame(
         list(rows.values()),
         columns=["experiment", "variant", "source", "naive", "step_controlled"],
@@ -196,12 +195,12 @@ def compact_table(acc: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
         )
         row[r.benchmark] = round(r.accuracy, 1)
         row[f"{r.benchmark} n"] = r.n
-    totals = counts.groupby(["experiment", "variant"])[["total", "naive", SC]].sum()
+    totals = counts.groupby(["experiment", "variant"])[["total", "naive", STEP_CONTROLLED]].sum()
     for (experiment, variant), c in totals.iterrows():
         row = rows.setdefault((experiment, variant), {"experiment": experiment, "model": variant})
         row["pairs"] = int(c["total"])
         row["naive pairs"] = int(c["naive"])
-        row["step-controlled pairs"] = int(c[SC])
+        row["step-controlled pairs"] = int(c[STEP_CONTROLLED])
     table = sorted_by_model(pd.DataFrame(list(rows.values())), "model", ["experiment", "model"])
     table["model"] = table["model"].map(model_label)
     return table

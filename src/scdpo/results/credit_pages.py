@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 
 from scdpo.jsonl import read_jsonl, write_jsonl
-from scdpo.names import model_label
+from scdpo.names import STEP_CONTROLLED, model_label
 from scdpo.results.render import html_page, markdown_page
 from scdpo.solution import END_OF_BLOCK
 
 log = logging.getLogger(__name__)
-SC = "step_controlled"
 
 
 def completion_block_spans(completion: str) -> list[tuple[int, int]]:
@@ -42,11 +41,12 @@ def select_sc_pairs(
 ) -> list[dict]:
     """Held-out step-controlled pairs (split 'held-out'); when fewer than `min_held_out`, topped
     up to `max_pairs` with the last SC pairs of the training split (split 'in-sample')."""
-    held = [p | {"split": "held-out"} for p in eval_pairs if p["kind"] == SC][:max_pairs]
+    held_sc = [p for p in eval_pairs if p["kind"] == STEP_CONTROLLED][:max_pairs]
+    held = [p | {"split": "held-out"} for p in held_sc]
     if len(held) >= min_held_out:
         return held
     room = max_pairs - len(held)
-    train_sc = [p for p in train_pairs if p["kind"] == SC]
+    train_sc = [p for p in train_pairs if p["kind"] == STEP_CONTROLLED]
     extra = train_sc[len(train_sc) - room :] if room > 0 else []
     return held + [p | {"split": "in-sample"} for p in extra]
 
@@ -204,7 +204,11 @@ def credit_report(
     _write_localisation(localisation_with_per_token(pairs, per_block, per_token), out)
     write_jsonl(out["rewards"], _reward_records(pairs, rewards, per_block))
     _write_pages(pairs[: settings["pages"]], rewards, Path(out["pages"]))
-    log.info("credit: %d SC pairs scored, %d pages", len(pairs), min(len(pairs), settings["pages"]))
+    log.info(
+        "credit: %d SC pairs scored, %d pages",
+        len(pairs),
+        min(len(pairs), settings["pages"]),
+    )
 
 
 def _score_pairs(

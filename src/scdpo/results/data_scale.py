@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from scdpo.names import model_label
+from scdpo.names import STEP_CONTROLLED, model_label
 
 # Paper Table 1 (thousands of pairs, train + eval) per model family and source tag:
 # DPO naive, DPO (data-equal), and SCDPO's step-controlled part (its naive part is DPO's).
@@ -19,7 +19,6 @@ PAPER_PAIRS = {
     "metamath_mistral_7b": {"gsm8k": (7, 13, 6), "math": (6, 17, 11)},
     "mathcoder_mistral_7b": {"gsm8k": (6, 12, 6), "math": (6, 19, 13)},
 }
-SC = "step_controlled"
 
 
 def source_of(question_id: str) -> str:
@@ -58,10 +57,10 @@ def data_scale_table(
     its train + eval pairs) and, for a paper model family, the paper's pairs in thousands."""
     rows = _sampling_by_source(samples)
     for variant, records in pairs.items():
-        label, has_sc = model_label(variant), any(p["kind"] == SC for p in records)
+        label, has_sc = model_label(variant), any(p["kind"] == STEP_CONTROLLED for p in records)
         for source in rows:
             chosen = [p for p in records if source_of(p["id"]) == source]
-            sc = sum(p["kind"] == SC for p in chosen)
+            sc = sum(p["kind"] == STEP_CONTROLLED for p in chosen)
             if has_sc:
                 rows[source][f"{label} naive pairs"] = len(chosen) - sc
                 rows[source][f"{label} step-controlled pairs"] = sc
