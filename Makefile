@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
-	@command -v bwrap >/dev/null || ./scripts/install-system-packages.sh
+	@command -v bwrap >/dev/null && command -v g++ >/dev/null || ./scripts/install-system-packages.sh
 	touch $@
 
 export PATH := $(abspath $(BIN)):$(PATH)

@@ -8,6 +8,11 @@ same executor and waited for. Both use the `tiny` experiment's generation and sa
 (config/config.yaml), naive sampling tasks on the same synthetic questions, and the same model.
 
     python benchmarks/generation_throughput.py [--model DIR] [--questions N] [--seed-questions 16]
+    python benchmarks/generation_throughput.py --no-seed-style --backend '{"engine":"vllm"}'
+
+`--backend` replaces the experiment's `generation.backend` block (schema defaults filled in): the
+GPU check (benchmarks/gpu_check.sh) runs our loop on vLLM and on the transformers engine on CUDA,
+same model and questions.
 
 Ours runs on one chunk of questions (`generation.chunk_size`, 200: what a sampling job's frontier
 holds at once); seed-style on the first 16 of them (it does one solution at a time, so its rate
@@ -24,6 +29,7 @@ throughput figure, not a realistic one). The last line printed is the headline, 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +38,7 @@ import torch
 import yaml
 
 from scdpo.config import fill_defaults
-from scdpo.generation.backends import Completion, Request
+from scdpo.generation.backends import Completion, Request, make_backend
 from scdpo.generation.job import loop_settings, sandbox_pool
 from scdpo.generation.loop import LoopSettings, LoopStats, execute, extend, run_frontier
 from scdpo.generation.transformers_engine import TransformersBackend
@@ -97,8 +103,11 @@ def seed_style_loop(tasks, backend, executor, settings: LoopSettings) -> LoopSta
     return stats
 
 
-def tiny_experiment() -> dict:
+def tiny_experiment(backend: dict | None = None) -> dict:
+    """The embedded default's experiment; `backend` replaces its generation.backend block."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    if backend is not None:
+        config["experiments"]["tiny"]["generation"]["backend"] = backend
     fill_defaults(config, yaml.safe_load((REPO / "config" / "schema.yaml").read_text()))
     return config["experiments"]["tiny"]
 
@@ -156,9 +165,11 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both loops")
     parser.add_argument("--workers", type=int, default=2, help="sandbox workers, both loops")
+    parser.add_argument("--backend", type=json.loads, help="generation.backend block as JSON")
+    parser.add_argument("--no-seed-style", action="store_true", help="our loop only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    spec = tiny_experiment()
+    spec = tiny_experiment(args.backend)
     generation = spec["generation"]
     settings = loop_settings(generation, spec["seed"])
     task_settings = sampling_settings(spec)
@@ -174,7 +185,11 @@ def main() -> None:
             print("using the embedded tiny Llama, untrained")
             model = untrained_model(spec, spec["system_prompt"], f"{scratch}/model")
         print(f"model {model}; {args.threads} torch thread(s), {args.workers} sandbox workers")
-        backend = TransformersBackend(model, "cpu", generation["backend"]["batch_size"])
+        engine = generation["backend"]
+        if args.backend is None:
+            backend = TransformersBackend(model, "cpu", engine["batch_size"])
+        else:
+            backend = make_backend(engine, model)
         with sandbox_pool(spec["sandbox"], args.workers) as pool:
             for _ in range(2 * args.workers):  # the workers are up before the clock starts
                 pool.run(["print(1)"])
@@ -185,11 +200,17 @@ def main() -> None:
                 return [SamplingTask(p, task_settings) for p in questions]
 
             ours = measure("ours", run_frontier, sampling_tasks(problems), backend, pool, settings)
-            print(
-                f"ours: prompt tokens encoded {backend.prefill_computed}, "
-                f"taken from the prefix cache {backend.prefill_reused}",
-                flush=True,
-            )
+            if isinstance(backend, TransformersBackend):
+                print(
+                    f"ours: prompt tokens encoded {backend.prefill_computed}, "
+                    f"taken from the prefix cache {backend.prefill_reused}",
+                    flush=True,
+                )
+            if args.no_seed_style:
+                print(
+                    f"generation ({json.dumps(engine, sort_keys=True)}): ours {ours:.1f} samples/s"
+                )
+                return
             measure(
                 "ours, seed-style's questions only",
                 run_frontier,

@@ -132,6 +132,15 @@ def launcher(stage):
     return launch
 
 
+def training_nodes(stage):
+    """SLURM nodes of a training job (sbatch --nodes); the CLI starts one launcher per node."""
+
+    def nodes(wildcards):
+        return exp_config(wildcards)[stage]["nodes"]
+
+    return nodes
+
+
 # --- inputs -----------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ rule dpo_train:
     resources:
         mem_mb=16000,
         runtime=24 * 60,
+        nodes=training_nodes("dpo"),
         gpu=0,
     params:
         recipe=recipe_json("dpo"),

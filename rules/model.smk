@@ -37,6 +37,7 @@ rule sft_train:
     resources:
         mem_mb=16000,
         runtime=24 * 60,
+        nodes=training_nodes("sft"),
         gpu=0,
     params:
         recipe=recipe_json("sft"),

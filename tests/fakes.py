@@ -38,7 +38,7 @@ def sampling_settings(**overrides) -> SamplingSettings:
         "rubric": RUBRIC,
         "min_preferred": 1,
         "min_dispreferred": 1,
-        "drop_near_duplicates": False,
+        "near_duplicate_chars": 0,
     }
     return SamplingSettings(**values | overrides)
 

@@ -527,7 +527,7 @@ def node_for_profile(
 ) -> NodeSpec:
     """A (virtual) node big enough for every request in a Snakemake profile.
 
-    Takes the largest gpu, cpus (gpu x cpus_per_gpu, or cpus_per_task) and mem_mb
+    Takes the largest gpu (or gres gpu:N), cpus (gpu x cpus_per_gpu, or cpus_per_task) and mem_mb
     over default-resources and set-resources, and never goes below a typical
     4-GPU node (so rules' own resources and threads fit as well).
     """
@@ -538,7 +538,8 @@ def node_for_profile(
     blocks += list((profile.get("set-resources") or {}).values())
     cpus, mem, gpus = min_cpus, min_mem_mb, min_gpus
     for res in blocks:
-        gpu = int(res.get("gpu") or 0)
+        gres = str(res.get("gres") or "")
+        gpu = int(res.get("gpu") or (gres.split(":")[-1] if gres.startswith("gpu:") else 0))
         gpus = max(gpus, gpu)
         cpus = max(
             cpus,

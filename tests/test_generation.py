@@ -6,10 +6,12 @@ from fakes import RUBRIC, ScriptedBackend, questions, sampling_settings, step_co
 from scdpo.evaluate import AnswerTask
 from scdpo.generation.loop import LoopSettings, run_frontier
 from scdpo.generation.runner import run_resumable, shard_slice
-from scdpo.sampling import SamplingTask
+from scdpo.sampling import SamplingTask, near_duplicate_of, stop_rule
 from scdpo.sandbox import SandboxConfig, SandboxPool
 from scdpo.solution import Block, split_points
 from scdpo.step_control import StepControlTask, TemperatureSchedule
+
+STOP_FIELDS = ("min_preferred", "min_dispreferred", "near_duplicate_chars")
 
 SETTINGS = LoopSettings(max_new_tokens=16, max_calls=16, max_prompt_tokens=1000, seed=7)
 
@@ -66,7 +68,9 @@ def test_samples_are_recorded_in_draw_order_whatever_order_they_finish():
 
 def test_released_stop_rule_wants_four_of_each_and_drops_near_duplicates():
     settings = sampling_settings(
-        max_samples=16, round_size=4, min_preferred=4, min_dispreferred=4, drop_near_duplicates=True
+        max_samples=16,
+        round_size=4,
+        **dict(zip(STOP_FIELDS, stop_rule("released_4_4"), strict=True)),
     )
     task = SamplingTask(questions(1)[0], settings)
     answer = task.problem["answer"]
@@ -86,6 +90,20 @@ def test_released_stop_rule_wants_four_of_each_and_drops_near_duplicates():
     # Without the two duplicates, two rounds would have given 4 of each; a third was drawn.
     assert drawn == len(samples) == 12
     assert sum(s["preferred"] for s in samples) == sum(s["dispreferred"] for s in samples) == 5
+
+
+def test_near_duplicate_margin_scales_with_the_solutions():
+    """The released code's 500 characters suit 7B solutions; short ones set their own margin."""
+    kept = [
+        {"draw": 0, "preferred": True, "dispreferred": False, "blocks": [{"content": "x" * 40}]}
+    ]
+    close = {"preferred": True, "dispreferred": False, "blocks": [{"content": "y" * 60}]}
+    assert near_duplicate_of(close, kept) == 0  # within 500
+    assert near_duplicate_of(close, kept, margin=10) is None
+    spec = {"min_preferred": 4, "min_dispreferred": 4, "drop_near_duplicates": True}
+    assert stop_rule(spec) == (4, 4, 500)
+    assert stop_rule(spec | {"near_duplicate_chars": 10}) == (4, 4, 10)
+    assert stop_rule(spec | {"drop_near_duplicates": False, "near_duplicate_chars": 10})[2] == 0
 
 
 def test_step_control_continues_from_split_points_with_rising_temperature(pool):

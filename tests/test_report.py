@@ -480,3 +480,20 @@ def test_data_scale_counts_per_source_beside_the_paper():
     assert table.loc["gsm8k", "SCDPO naive pairs"] == 1
     assert table.loc["math", "paper SCDPO step-controlled pairs"] == "12K"
     assert "paper DPO pairs" not in data_scale_table(samples, pairs, None).columns
+
+
+def test_compact_table_keeps_counts_whole_and_leaves_missing_cells_blank():
+    """Experiments with different benchmarks, and SFT with no pairs, leave cells empty."""
+    acc = pd.DataFrame(
+        [
+            {"experiment": "e", "model": "sft", "benchmark": "gsm8k", "accuracy": 50.0, "n": 6},
+            {"experiment": "f", "model": "sft", "benchmark": "ape", "accuracy": 25.0, "n": 4},
+        ]
+    )
+    counts = accuracy.pair_counts({("e", "dpo"): [{"id": "gsm8k:1", "kind": "naive"}]})
+    table = accuracy.compact_table(acc, counts)
+    assert str(table["gsm8k n"].dtype) == "Int64" and str(table["pairs"].dtype) == "Int64"
+    markdown = accuracy.table_markdown(table)
+    assert "nan" not in markdown and "<NA>" not in markdown
+    assert " 50.0 |" in markdown  # accuracy keeps one decimal
+    assert "6.0" not in table.to_csv(index=False)

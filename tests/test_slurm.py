@@ -1,238 +1,36 @@
-"""Run a workflow to completion on a real (local, one-node) SLURM cluster.
-
-The workflow goes through `snakemake --profile profiles/slurm`, exactly as on a
-cluster, plus a few test-only options (see SLURM_TEST_ARGS). Checks that every
-non-local job really went through sbatch/slurmctld:
-
-- each job Snakemake submitted (its "submitted with SLURM jobid N" line) ended
-  COMPLETED in slurmctld's job-completion log (jobcomp/filetxt), in the
-  workflow's directory;
-- every job Snakemake finished was submitted, or belongs to a local rule;
-- slurmctld knows each job by the run's job name and its rule (squeue -t all):
-  per rule, as many SLURM jobs as Snakemake submitted;
-- rules given GPUs in the profile's set-resources asked SLURM for that many;
-- each job's batch script runs this interpreter's `-m snakemake` (the venv),
-  and each job left its SLURM log file (profile: slurm-logdir);
-- a dry-run afterwards has nothing left to do.
-
-The workflow under test is a parameter (WORKFLOWS): a directory that is copied
-to a temporary directory, the Snakefile in it, and extra snakemake arguments.
+"""A toy workflow to completion on a real (local, one-node) SLURM cluster, through
+`snakemake --profile profiles/slurm` exactly as on a cluster plus a few test-only options
+(tests/slurm_run.py says what is checked). The pipeline itself goes through SLURM on the
+paper-shaped config in tests/test_paper_shaped.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
-import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
-
-try:  # tests/ on sys.path (pytest's default rootdir-relative import)
-    from slurm_cluster import SLURM_PROFILE, ClusterInfo, slurm_cluster  # noqa: F401
-except ImportError:  # tests/ is a package
-    from tests.slurm_cluster import SLURM_PROFILE, ClusterInfo, slurm_cluster  # noqa: F401
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class WorkflowUnderTest:
-    id: str
-    source: Path  # copied to a temporary directory, which becomes --directory
-    snakefile: str = "Snakefile"  # relative to source
-    extra_args: tuple[str, ...] = ()
-    # Skipped at any depth.
-    ignore: tuple[str, ...] = (
-        ".git",
-        ".venv",
-        ".snakemake",
-        "__pycache__",
-        "*.egg-info",
-        ".pytest_cache",
-        ".ruff_cache",
-    )
-    # Skipped at the top only: src/scdpo/results is a package, not a run's results.
-    ignore_top: tuple[str, ...] = ("results", "logs", "resources", "benchmarks")
-    timeout_s: int = 300
-
-    def ignored(self, directory: str, names: list[str]) -> set[str]:
-        """shutil.copytree's ignore: the run-time folders of the source, never the package."""
-        skipped = set(shutil.ignore_patterns(*self.ignore)(directory, names))
-        if Path(directory) == self.source:
-            skipped |= set(self.ignore_top) & set(names)
-        return skipped
-
-
-WORKFLOWS = [
-    WorkflowUnderTest("toy", REPO / "tests" / "slurm_toy"),
-    # The real pipeline: every stage of config/micro.yaml as a SLURM job.
-    WorkflowUnderTest(
-        "micro", REPO, extra_args=("--configfile", "config/micro.yaml"), timeout_s=1200
-    ),
-]
-
-# Test-only options on top of the profile (the command line wins over it per key).
-SLURM_TEST_ARGS = (
-    "--jobs",
-    "2",  # the test machine has 2 cores
-    # first status query after 2 s instead of 40 s (jobs here take seconds)
-    "--slurm-init-seconds-before-status-checks",
-    "2",
-    "--slurm-keep-successful-logs",  # the per-job logs are evidence (also in the profile)
+from slurm_cluster import ClusterInfo, slurm_cluster  # noqa: F401 (fixture)
+from slurm_run import (
+    REPO,
+    WorkflowUnderTest,
+    assert_ran_through_slurm,
+    copy_workflow,
+    run_through_slurm,
 )
 
-SUBMITTED = re.compile(
-    r"Job (?P<job>\d+) has been submitted with SLURM jobid (?P<slurm>\d+) \(log: (?P<log>[^)]+)\)"
-)
-
-
-def snakemake_env(cluster: ClusterInfo) -> dict[str, str]:
-    """The cluster's env, with this interpreter's bin dir (the venv) first on PATH.
-
-    sbatch exports the environment (--export=ALL), so the jobs' `python -m
-    snakemake` finds the same snakemake and plugins as the submitting one.
-    """
-    env = dict(cluster.env)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("SNAKEMAKE_PROFILE", None)
-    return env
-
-
-def run_snakemake(args: list[str], cwd: Path, env: dict[str, str], timeout: int):
-    cmd = [sys.executable, "-m", "snakemake", *args]
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as e:
-        # a job status that never arrives (e.g. sacct without slurmdbd) looks like this
-        out = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(
-            errors="replace"
-        )
-        pytest.fail(f"snakemake did not finish within {timeout} s\n{out[-6000:]}")
-    return proc, time.monotonic() - start
-
-
-def finished_jobs(output: str) -> dict[str, str]:
-    """Snakemake job id -> rule, for every job Snakemake reports as finished."""
-    return dict(re.findall(r"^Finished jobid: (\d+) \(Rule: (\w+)\)", output, flags=re.M))
-
-
-def local_rules(output: str) -> set[str]:
-    """Rules whose jobs Snakemake announced as local ('localrule x:')."""
-    return set(re.findall(r"^local(?:rule|checkpoint) (\w+):", output, flags=re.M))
-
-
-def profile_gpus() -> dict[str, int]:
-    profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
-    return {
-        rule: int(res["gpu"])
-        for rule, res in (profile.get("set-resources") or {}).items()
-        if res.get("gpu")
-    }
-
-
-def diagnostics(cluster: ClusterInfo, workdir: Path, output: str) -> str:
-    parts = ["--- snakemake output (tail) ---", output[-6000:], cluster.log_tails(25)]
-    for log in sorted((workdir / "logs" / "slurm").rglob("*.log"))[:10]:
-        parts += [f"--- {log} ---", log.read_text(errors="replace")[-2000:]]
-    return "\n".join(parts)
+TOY = WorkflowUnderTest("toy", REPO / "tests" / "slurm_toy")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wf", WORKFLOWS, ids=[w.id for w in WORKFLOWS])
-def test_workflow_runs_through_slurm(
-    wf: WorkflowUnderTest, slurm_cluster: ClusterInfo, tmp_path: Path
-):
-    cluster = slurm_cluster
-    workdir = tmp_path / wf.id
-    shutil.copytree(wf.source, workdir, ignore=wf.ignored)
-    env = snakemake_env(cluster)
-    args = [
-        "--profile",
-        str(SLURM_PROFILE),
-        "--snakefile",
-        str(workdir / wf.snakefile),
-        "--directory",
-        str(workdir),
-        *SLURM_TEST_ARGS,
-        *wf.extra_args,
-    ]
+def test_toy_workflow_runs_through_slurm(slurm_cluster: ClusterInfo, tmp_path: Path):  # noqa: F811
+    workdir = tmp_path / TOY.id
+    copy_workflow(TOY, workdir)
+    assert_ran_through_slurm(run_through_slurm(TOY, slurm_cluster, workdir), slurm_cluster)
 
-    proc, seconds = run_snakemake(args, workdir, env, wf.timeout_s)
-    output = proc.stdout + proc.stderr
-    print(f"snakemake via SLURM: {seconds:.1f} s")
-    assert proc.returncode == 0, "snakemake failed\n" + diagnostics(cluster, workdir, output)
-    why = diagnostics(cluster, workdir, output)
 
-    # 1. what Snakemake says it ran: every job either went to sbatch or is a local rule
-    submitted = {m["slurm"]: m for m in SUBMITTED.finditer(output)}
-    done = finished_jobs(output)
-    assert submitted and done, "no jobs submitted or finished\n" + why
-    remote = {m["job"]: done.get(m["job"]) for m in submitted.values()}
-    assert None not in remote.values(), f"submitted but not finished: {remote}\n" + why
-    expected_per_rule = Counter(remote.values())
-    not_submitted = {done[j] for j in done.keys() - remote.keys()}
-    assert not_submitted <= local_rules(output), (
-        f"jobs of rules {not_submitted - local_rules(output)} finished without sbatch\n" + why
-    )
-    assert not not_submitted & expected_per_rule.keys(), not_submitted
-
-    # 2. slurmctld ran them: every submitted job COMPLETED in the jobcomp log,
-    #    in the workflow's directory
-    finished = cluster.finished_jobs()
-    for slurm_id in submitted:
-        record = finished.get(slurm_id)
-        assert record is not None, f"SLURM job {slurm_id} not in the jobcomp log\n" + why
-        assert record["JobState"] == "COMPLETED", f"{record}\n" + why
-        assert Path(record["WorkDir"]).resolve() == workdir.resolve(), record
-
-    # 3. slurmctld knows each job by rule; per rule as many as Snakemake planned;
-    #    GPU rules asked for the profile's GPUs
-    queue = cluster.run(
-        "squeue",
-        "-h",
-        "-t",
-        "all",
-        "-j",
-        ",".join(submitted),
-        "-O",
-        "JobID:20|,Name:80|,State:20|,Comment:200|,tres-per-job:40|",
-    )
-    per_rule: Counter[str] = Counter()
-    gpus = profile_gpus()
-    names = set()
-    for row in queue.splitlines():
-        job_id, name, state, comment, tres = (f.strip() for f in row.split("|")[:5])
-        names.add(name)
-        rule = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", comment)
-        assert rule, f"job {job_id}: unexpected comment {comment!r}"
-        per_rule[rule[1]] += 1
-        assert state == "COMPLETED", f"job {job_id} ({rule[1]}) is {state}"
-        if rule[1] in gpus:
-            assert f"gpu:{gpus[rule[1]]}" in tres, f"job {job_id} ({rule[1]}): {tres!r}"
-    assert per_rule == expected_per_rule, f"squeue:\n{queue}\n" + why
-    assert len(names) == 1, f"one Snakemake run, one SLURM job name: {names}"
-
-    # 4. each job ran this interpreter's snakemake (the batch script sbatch got)
-    #    and left its SLURM log (stdout of that `python -m snakemake`)
-    for slurm_id, m in submitted.items():
-        script = cluster.run("scontrol", "write", "batch_script", slurm_id, "-")
-        assert f"{sys.executable} -m snakemake" in script, script
-        assert "--executor slurm-jobstep" in script, script
-        log = Path(m["log"])
-        assert log.is_file(), f"no SLURM log for job {slurm_id}: {log}\n" + why
-        assert log.is_relative_to(workdir / "logs" / "slurm"), log
-
-    # 5. complete: a dry-run plans nothing
-    dry, _ = run_snakemake([*args, "--dry-run"], workdir, env, 120)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+def test_copy_keeps_the_package_and_skips_the_top_level_run_folders(tmp_path):
+    """src/scdpo/results is a package, not a run's results: only the top-level folders go."""
+    pipeline = WorkflowUnderTest("pipeline", REPO)
+    skipped = pipeline.ignored(str(REPO), ["results", "logs", "src", "Snakefile"])
+    assert skipped == {"results", "logs"}
+    assert not pipeline.ignored(str(REPO / "src" / "scdpo"), ["results"])

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from scdpo.train import cli
+from scdpo.train import cli, launch
 from scdpo.train.checkpoint import (
     COMPLETE,
     STOP_SIGNALS,
@@ -85,6 +85,71 @@ def test_launch_line_gets_a_free_port_and_this_interpreter():
     )
     mine = launch_command("accelerate launch --main_process_port 999", "t.py", [], 1234)
     assert mine.count("--main_process_port") == 1 and "999" in mine
+
+
+# What SLURM sets in the task srun starts on the third node of a 4-node job.
+NODE_TASK_ENV = {
+    "SLURM_JOB_NUM_NODES": "4",
+    "SLURM_NODEID": "2",
+    "SLURM_JOB_ID": "123456",
+    "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.1",
+    "SLURM_GPUS_ON_NODE": "4",
+}
+
+
+def _exec_calls(monkeypatch, env: dict[str, str]) -> list[list[str]]:
+    for name in ("LOCAL_RANK", "RANK", "SCDPO_TRAIN_LAUNCHED", "SCDPO_NODE_TASK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+
+    def exec_instead(file, command):
+        calls.append(command)
+        raise SystemExit(0)  # execvp does not return
+
+    monkeypatch.setattr(launch.os, "execvp", exec_instead)
+    monkeypatch.setattr(launch.sys, "argv", ["train.py", "sft", "--model", "m"])
+    return calls
+
+
+def test_several_nodes_start_one_task_per_node_then_accelerate_per_node(monkeypatch):
+    zero3 = "accelerate launch --config_file envs/accelerate/zero3.yaml"
+    argv = ["sft", "--model", "m"]
+    calls = _exec_calls(monkeypatch, {"SLURM_JOB_NUM_NODES": "4"})
+    with pytest.raises(SystemExit):
+        launch.relaunch(zero3, argv)  # the job's shell, on the first node
+    (spread,) = calls
+    assert spread[:4] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1"]
+    assert spread[-4:] == ["train.py", *argv] and sys.executable in spread
+
+    calls = _exec_calls(monkeypatch, NODE_TASK_ENV | {"SCDPO_NODE_TASK": "1"})
+    with pytest.raises(SystemExit):
+        launch.relaunch(zero3, argv)  # one of the tasks srun started
+    (accelerate,) = calls
+    assert accelerate[2] == "accelerate.commands.launch"
+    assert "--config_file" in accelerate and accelerate[-4:] == ["train.py", *argv]
+    flags = {k: accelerate[accelerate.index(k) + 1] for k in accelerate if k.startswith("--")}
+    assert flags["--num_machines"] == "4" and flags["--num_processes"] == "16"
+    assert flags["--machine_rank"] == "2" and flags["--main_process_ip"] == "10.0.0.1"
+    assert accelerate.count("--main_process_port") == 1
+    # Every node derives the same port from the job id.
+    other = launch.machine_options(NODE_TASK_ENV | {"SLURM_NODEID": "0"}, 4)
+    assert flags["--main_process_port"] == other[other.index("--main_process_port") + 1]
+
+
+def test_several_nodes_refuse_a_plain_python_launcher(monkeypatch):
+    _exec_calls(monkeypatch, {"SLURM_JOB_NUM_NODES": "2"})
+    with pytest.raises(SystemExit, match="accelerate launch"):
+        launch.relaunch("python", ["sft"])
+
+
+def test_one_node_jobs_launch_as_before(monkeypatch):
+    calls = _exec_calls(monkeypatch, {"SLURM_JOB_NUM_NODES": "1"})
+    with pytest.raises(SystemExit):
+        launch.relaunch("accelerate launch --multi_gpu --num_processes 2", ["sft"])
+    (command,) = calls
+    assert "--num_machines" not in command and "--main_process_port" in command
 
 
 def test_free_port_is_free_and_differs_between_jobs():

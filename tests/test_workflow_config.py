@@ -125,3 +125,38 @@ def test_paper_config_plans_tables_1_and_2_with_one_gpu_count_per_generation_job
         backend = config["experiments"][exp]["generation"]["backend"]
         assert f"gpu={backend['tensor_parallel_size']}," in job, job
     assert planned_jobs(result.stdout)["sft_train"] == 4
+
+
+def test_internlm2_training_is_submitted_on_four_nodes_with_four_gpus_each(tmp_path):
+    """The sbatch line the SLURM plugin builds for InternLM2's SFT job: the rule's resources from
+    a dry-run of config/paper.yaml, the profile's set-resources on top (docs/slurm.md)."""
+    import re
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    result = dry_run("--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    (job,) = [
+        j
+        for j in result.stdout.split("\n\n")
+        if re.search(r"^rule sft_train:", j, re.M) and "exp=internlm2_20b" in j
+    ]
+    planned = dict(re.findall(r"(\w+)=(\w+)", re.search(r"resources: (.*)", job)[1]))
+    assert planned["nodes"] == "4"
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    resources = Resources(
+        {k: int(v) if v.isdigit() else v for k, v in planned.items()}
+        | profile["set-resources"]["sft_train"]
+    )
+    job = SimpleNamespace(resources=resources, threads=profile["set-threads"]["sft_train"])
+    params = {"run_uuid": "run", "slurm_logfile": "log", "comment_str": "rule_sft_train"}
+    sbatch = get_submit_command(job, params | {"account": "", "partition": "", "workdir": "."})
+    sbatch += set_gres_string(job)
+    assert "--nodes=4" in sbatch and "--gres=gpu:4" in sbatch, sbatch
+    assert "--gpus" not in sbatch and "--signal=URG@300" in sbatch, sbatch

@@ -17,17 +17,17 @@ from scdpo.generation.runner import shard_slice
 from scdpo.jsonl import read_jsonl
 from scdpo.labels import Rubric, problem_fields, rubric_of, sample_record
 
-# Stop rules: (min preferred, min dispreferred, near-duplicates dropped). The paper samples until
-# one of each; the released code until 4 right and 4 wrong (Mistral-7B-Ours) or 1 right and 4
-# wrong (InternLM2, MathCoder), dropping near-duplicates (process_gsm8k.py: no_similar).
-STOP_PRESETS = {
-    "paper": (1, 1, False),
-    "released_4_4": (4, 4, True),
-    "released_1_4": (1, 4, True),
-}
 # The released code's near-duplicate: as many blocks and a total length within this many
-# characters of a kept sample with the same label.
+# characters of a kept sample with the same label (process_gsm8k.py: no_similar).
 NEAR_DUPLICATE_CHARS = 500
+# Stop rules: (min preferred, min dispreferred, near-duplicate margin in characters, 0 = none
+# dropped). The paper samples until one of each; the released code until 4 right and 4 wrong
+# (Mistral-7B-Ours) or 1 right and 4 wrong (InternLM2, MathCoder), dropping near-duplicates.
+STOP_PRESETS = {
+    "paper": (1, 1, 0),
+    "released_4_4": (4, 4, NEAR_DUPLICATE_CHARS),
+    "released_1_4": (1, 4, NEAR_DUPLICATE_CHARS),
+}
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,21 @@ class SamplingSettings:
     rubric: Rubric
     min_preferred: int
     min_dispreferred: int
-    drop_near_duplicates: bool
+    near_duplicate_chars: int  # 0: keep near-duplicates
 
 
-def stop_rule(spec: str | dict) -> tuple[int, int, bool]:
+def stop_rule(spec: str | dict) -> tuple[int, int, int]:
     """`stop: paper | released_4_4 | released_1_4` or explicit {min_preferred, ...}."""
     if isinstance(spec, str):
         return STOP_PRESETS[spec]
-    return spec["min_preferred"], spec["min_dispreferred"], spec["drop_near_duplicates"]
+    margin = spec.get("near_duplicate_chars", NEAR_DUPLICATE_CHARS)
+    return spec["min_preferred"], spec["min_dispreferred"], margin * spec["drop_near_duplicates"]
 
 
 def sampling_settings(params: dict) -> SamplingSettings:
     """Naive sampling as an experiment's `sampling`, `system_prompt` and `noise` blocks say."""
     sampling = params["sampling"]
-    min_preferred, min_dispreferred, drop = stop_rule(sampling["stop"])
+    min_preferred, min_dispreferred, margin = stop_rule(sampling["stop"])
     return SamplingSettings(
         temperature=sampling["temperature"],
         max_samples=sampling["max_samples"],
@@ -59,7 +60,7 @@ def sampling_settings(params: dict) -> SamplingSettings:
         rubric=rubric_of(params),
         min_preferred=min_preferred,
         min_dispreferred=min_dispreferred,
-        drop_near_duplicates=drop,
+        near_duplicate_chars=margin,
     )
 
 
@@ -67,14 +68,16 @@ def _length(sample: dict) -> int:
     return sum(len(b["content"]) for b in sample["blocks"])
 
 
-def near_duplicate_of(sample: dict, kept: list[dict]) -> int | None:
+def near_duplicate_of(
+    sample: dict, kept: list[dict], margin: int = NEAR_DUPLICATE_CHARS
+) -> int | None:
     """The draw index of a kept sample with the same label that this one nearly repeats."""
     label = "preferred" if sample["preferred"] else "dispreferred"
     for other in kept:
         if (
             other[label]
             and len(other["blocks"]) == len(sample["blocks"])
-            and abs(_length(other) - _length(sample)) < NEAR_DUPLICATE_CHARS
+            and abs(_length(other) - _length(sample)) < margin
         ):
             return other["draw"]
     return None
@@ -125,8 +128,9 @@ class SamplingTask:
 
     def _keep(self, sample: dict) -> None:
         """Append a judged sample; a near-duplicate keeps its record but loses its label."""
-        if self.settings.drop_near_duplicates and (sample["preferred"] or sample["dispreferred"]):
-            original = near_duplicate_of(sample, self.samples)
+        margin = self.settings.near_duplicate_chars
+        if margin and (sample["preferred"] or sample["dispreferred"]):
+            original = near_duplicate_of(sample, self.samples, margin)
             if original is not None:
                 sample |= {"preferred": False, "dispreferred": False, "duplicate_of": original}
         self.samples.append(sample)

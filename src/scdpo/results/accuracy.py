@@ -203,7 +203,16 @@ def compact_table(acc: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
         row["step-controlled pairs"] = int(c[STEP_CONTROLLED])
     table = sorted_by_model(pd.DataFrame(list(rows.values())), "model", ["experiment", "model"])
     table["model"] = table["model"].map(model_label)
+    for column in table.columns:  # counts stay integers where a row has none (SFT: no pairs)
+        if column.endswith(" n") or column.endswith("pairs"):
+            table[column] = table[column].astype("Int64")
     return table
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """The compact table as Markdown, a blank cell where a row has no value."""
+    blank = table.astype(object).where(table.notna(), "")
+    return blank.to_markdown(index=False, floatfmt=".1f") + "\n"
 
 
 def prediction_keys(paths: Iterable[str]) -> dict[tuple[str, str, str], str]:
@@ -238,7 +247,7 @@ def accuracy_report(
     counts = pair_counts(pairs)
     table = compact_table(acc, counts)
     table.to_csv(out["table_csv"], index=False)
-    Path(out["table_md"]).write_text(table.to_markdown(index=False) + "\n")
+    Path(out["table_md"]).write_text(table_markdown(table))
     acc.to_csv(out["csv"], index=False)
     diffs.to_csv(out["differences"], index=False)
     counts.to_csv(out["pairs"], index=False)

@@ -177,6 +177,17 @@ def _facts(stage: str, data: dict, result, resume: Path | None) -> dict:
     return {**facts, **result.metrics, "resumed_from_step": _step(resume) if resume else 0}
 
 
+def _parallelism(trainer) -> dict:
+    """How the run was spread: processes, accelerate's distributed type, DeepSpeed's ZeRO stage."""
+    accelerator = trainer.accelerator
+    plugin = accelerator.deepspeed_plugin  # None without DeepSpeed
+    return {
+        "world_size": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+    }
+
+
 def _step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("-")[1])
 
@@ -212,7 +223,7 @@ def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
     if callback.stopped:
         log.warning("stopped by a signal at step %d; re-run to resume", trainer.state.global_step)
         return EXIT_RESUMABLE
-    facts = {**_facts(stage, data, result, resume), **overhead}
+    facts = {**_facts(stage, data, result, resume), **_parallelism(trainer), **overhead}
     if stage == "dpo" and data["eval"]:
         facts["eval"] = trainer.evaluate()
     _save_output(trainer, tokenizer, Path(args.out), facts)

@@ -1,0 +1,174 @@
+"""config/paper.yaml at CPU scale, run end to end through the SLURM profile, as the paper path
+runs (tests/paper_shaped.py builds the workspace; tests/slurm_run.py runs and checks SLURM).
+
+The run takes the code paths that only the paper config takes: base models and datasets loaded
+by Hugging Face id (local directories of that name), MATH's seven subject configurations, a
+remote-code model, APE210K questions from a local file, per-source step-controlled pair limits,
+SFT and DPO under `accelerate launch` with DeepSpeed ZeRO-3 on two CPU processes, and every
+stage as a SLURM job with the profile's resources.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from paper_shaped import KEPT_EXPERIMENTS, PAPER, PAPER_SCALE, SUBJECTS, build, paper_shaped_config
+from slurm_cluster import ClusterInfo, slurm_cluster  # noqa: F401 (fixture)
+from slurm_run import (
+    REPO,
+    SlurmRun,
+    WorkflowUnderTest,
+    assert_ran_through_slurm,
+    copy_workflow,
+    run_through_slurm,
+)
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # the hub is never asked
+TRAINED = ("sft", "dpo", "dpo_data_equal", "scdpo")
+MODEL_LABELS = {"SFT", "DPO", "DPO (data-equal)", "SCDPO"}
+
+
+def _leaves(tree: dict, path: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*path, key))
+        else:
+            yield (*path, key), value
+
+
+def test_the_config_is_paper_yaml_with_only_the_scale_changed():
+    paper = yaml.safe_load(PAPER.read_text())
+    shaped = paper_shaped_config(paper)
+    scaled = {path for path, _ in _leaves(PAPER_SCALE)}
+    for name in KEPT_EXPERIMENTS:
+        ours = dict(_leaves(shaped["experiments"][name]))
+        theirs = dict(_leaves(paper["experiments"][name]))
+        changed = {p for p in ours.keys() | theirs.keys() if ours.get(p, ...) != theirs.get(p, ...)}
+        assert changed, name
+        assert changed <= scaled, f"{name}: changed beyond the scale: {changed - scaled}"
+    assert shaped["benchmarks"] == {k: paper["benchmarks"][k] for k in shaped["benchmarks"]}
+
+
+PAPER_SHAPED = WorkflowUnderTest(
+    "paper_shaped",
+    REPO,
+    extra_args=("--configfile", "paper_shaped.yaml"),
+    timeout_s=2400,
+    jobs=6,
+)
+
+
+@pytest.fixture(scope="module")
+def paper_shaped_slurm(
+    micro_run: Path,
+    slurm_cluster: ClusterInfo,  # noqa: F811
+    tmp_path_factory,
+) -> SlurmRun:
+    """The workflow copied, the paper-shaped workspace built into the copy, run via SLURM."""
+    workdir = tmp_path_factory.mktemp("paper_shaped") / "workflow"
+    copy_workflow(PAPER_SHAPED, workdir)
+    build(workdir, micro_run / "results" / "micro" / "models" / "sft")
+    return run_through_slurm(PAPER_SHAPED, slurm_cluster, workdir, OFFLINE)
+
+
+@pytest.fixture(scope="module")
+def paper_shaped_run(paper_shaped_slurm: SlurmRun) -> Path:
+    assert paper_shaped_slurm.returncode == 0, paper_shaped_slurm.output[-8000:]
+    return paper_shaped_slurm.workdir
+
+
+@pytest.mark.slow
+def test_every_stage_ran_as_a_slurm_job(paper_shaped_slurm, slurm_cluster):  # noqa: F811
+    assert_ran_through_slurm(paper_shaped_slurm, slurm_cluster)
+
+
+@pytest.mark.slow
+def test_the_accuracy_table_has_every_model_on_every_benchmark(paper_shaped_run):
+    table = pd.read_csv(paper_shaped_run / "results" / "accuracy.csv")
+    config = yaml.safe_load((paper_shaped_run / "paper_shaped.yaml").read_text())
+    for name, experiment in config["experiments"].items():
+        rows = table[table["experiment"] == name]
+        assert set(rows["model"]) == MODEL_LABELS, rows
+        for benchmark in experiment["benchmarks"]:
+            assert rows[benchmark].between(0, 100).all(), (name, benchmark)
+        # Full test sets: 6 questions per file, 3 per MATH subject.
+        assert (rows["gsm8k n"] == 6).all() and (rows["math n"] == 3 * len(SUBJECTS)).all()
+        assert (rows.loc[rows["model"] != "SFT", "pairs"] > 0).all(), rows
+
+
+@pytest.mark.slow
+def test_training_ran_deepspeed_zero3_in_two_processes(paper_shaped_run):
+    for name in KEPT_EXPERIMENTS:
+        for model in TRAINED:
+            log = json.loads(
+                (
+                    paper_shaped_run / "results" / name / "models" / model / "training_log.json"
+                ).read_text()
+            )
+            parallelism = {k: log[k] for k in ("world_size", "distributed_type", "zero_stage")}
+            assert parallelism == {
+                "world_size": 2,
+                "distributed_type": "DEEPSPEED",
+                "zero_stage": 3,
+            }
+        launch = (paper_shaped_run / "logs" / "sft_train" / f"{name}.log").read_text()
+        assert "--config_file envs/accelerate/zero3.yaml --main_process_port" in launch
+
+
+@pytest.mark.slow
+def test_math_training_questions_come_from_all_seven_subjects(paper_shaped_run):
+    for name in KEPT_EXPERIMENTS:
+        problems = (paper_shaped_run / "results" / name / "problems" / "dpo.jsonl").read_text()
+        ids = [json.loads(line)["id"] for line in problems.splitlines()]
+        subjects = Counter(i.split(":")[1].split("/")[0] for i in ids if i.startswith("math:"))
+        assert set(subjects) == set(SUBJECTS), subjects
+    internlm2 = paper_shaped_run / "results" / "internlm2_20b" / "problems" / "dpo.jsonl"
+    assert '"id": "ape:' in internlm2.read_text()  # APE210K training questions too
+
+
+@pytest.mark.slow
+def test_step_controlled_pairs_keep_each_sources_limit(paper_shaped_run):
+    config = yaml.safe_load((paper_shaped_run / "paper_shaped.yaml").read_text())
+    for name, experiment in config["experiments"].items():
+        limit = {s["tag"]: s["max_sc_pairs"] for s in experiment["data"]["dpo"]}
+        pairs = paper_shaped_run / "results" / name / "pairs" / "scdpo"
+        per_question = Counter(
+            json.loads(line)["id"]
+            for part in ("train.jsonl", "eval.jsonl")
+            for line in (pairs / part).read_text().splitlines()
+            if json.loads(line)["kind"] == "step_controlled"
+        )
+        assert per_question, name
+        for question, count in per_question.items():
+            assert count <= limit[question.split(":")[0]], (name, question, count)
+
+
+@pytest.mark.slow
+def test_remote_code_model_keeps_its_code_and_loads_only_when_trusted(paper_shaped_run):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for model in TRAINED:
+        path = paper_shaped_run / "results" / "internlm2_20b" / "models" / model
+        assert (path / "modeling_internlm2.py").is_file(), model
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            AutoConfig.from_pretrained(path, trust_remote_code=False)
+    loaded = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    assert type(loaded).__name__ == "InternLM2ForCausalLM"
+
+
+@pytest.mark.slow
+def test_trained_models_keep_mistrals_bos_and_prompts_start_with_it(paper_shaped_run):
+    from transformers import AutoTokenizer
+
+    from scdpo.tokens import prompt_ids
+
+    for name in KEPT_EXPERIMENTS:
+        path = paper_shaped_run / "results" / name / "models" / "scdpo"
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        assert tokenizer.bos_token == "<s>"
+        assert prompt_ids(tokenizer, "<|user|>question")[0] == tokenizer.bos_token_id
