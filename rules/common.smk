@@ -116,9 +116,12 @@ def pairs_params(wildcards):
 def recipe_json(stage):
     def recipe(wildcards):
         # The launcher is its own param (it re-runs the training too: more processes, another
-        # effective batch). The checkpoint block stays in: the CLI reads it from the recipe.
+        # effective batch). `nodes` is a resource, as the profile's GPUs per node are: changing
+        # it does not re-run a finished training. The checkpoint block stays in: the CLI reads it.
         recipe = {
-            k: v for k, v in exp_config(wildcards)[stage].items() if k != "launcher"
+            k: v
+            for k, v in exp_config(wildcards)[stage].items()
+            if k not in ("launcher", "nodes")
         }
         return json.dumps(recipe, sort_keys=True)
 
