@@ -20,9 +20,9 @@ format (`#### N`, `\\boxed{N}`, `extra.answer`), and the weights come from a tra
 (`--weights-from`, e.g. the micro run's SFT model): a random model would never be right, and the
 DAG needs right and wrong samples to build pairs. What changes from paper.yaml is scale only
 (PAPER_SCALE below): sizes, step counts, the transformers engine instead of vLLM, DeepSpeed ZeRO-3
-on two CPU processes instead of four GPUs (envs/accelerate/zero3.yaml, written into WORKDIR with
-what CPU forces changed), and two of the four model families (the other two take no code path
-these two do not; tests/test_problems.py covers MetaMath's format).
+on two CPU processes instead of four GPUs a node (envs/accelerate/zero3.yaml, written into WORKDIR
+with what CPU forces changed), one node, and two of the four model families (the other two take
+no code path these two do not; tests/test_problems.py covers MetaMath's format).
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ KEPT_EXPERIMENTS = ("mistral_7b_ours", "internlm2_20b")
 ZERO3_ON_CPU = {"use_cpu": True, "mixed_precision": "no", "num_processes": 2}
 
 
-def _problems(n: int, seed: int, offset: int) -> list[dict]:
+def _problems(n: int, seed: int) -> list[dict]:
     from scdpo.problems import synthetic_problems
 
-    return synthetic_problems(n, seed=seed, max_ops=2, offset=offset)
+    return synthetic_problems(n, seed=seed, max_ops=2)
 
 
 def _steps(problem: dict) -> str:
@@ -113,8 +113,8 @@ def write_datasets(workdir: Path, scale: dict) -> None:
         workdir / "openai" / "gsm8k",
         {
             "main": {
-                "train": gsm8k_rows(_problems(n_train, 11, 0)),
-                "test": gsm8k_rows(_problems(n_test, 12, 0)),
+                "train": gsm8k_rows(_problems(n_train, 11)),
+                "test": gsm8k_rows(_problems(n_test, 12)),
             }
         },
     )
@@ -122,8 +122,8 @@ def write_datasets(workdir: Path, scale: dict) -> None:
         workdir / "EleutherAI" / "hendrycks_math",
         {
             subject: {
-                "train": math_rows(_problems(scale["math_per_subject"], 21 + i, 0), subject),
-                "test": math_rows(_problems(scale["math_per_subject"], 41 + i, 0), subject),
+                "train": math_rows(_problems(scale["math_per_subject"], 21 + i), subject),
+                "test": math_rows(_problems(scale["math_per_subject"], 41 + i), subject),
             }
             for i, subject in enumerate(SUBJECTS)
         },
@@ -131,16 +131,14 @@ def write_datasets(workdir: Path, scale: dict) -> None:
     resources = workdir / "resources"
     sft = [
         {"question": p["question"], "blocks": p["blocks"], "extra": {"answer": p["answer"]}}
-        for p in _problems(scale["sft_examples"], 31, 0)
+        for p in _problems(scale["sft_examples"], 31)
     ]
     for experiment in KEPT_EXPERIMENTS:
         _write_jsonl(resources / "sft" / f"{experiment}.jsonl", sft)
-    _write_jsonl(
-        resources / "data" / "ape210k_train.jsonl", benchmark_rows(_problems(n_train, 51, 0))
-    )
+    _write_jsonl(resources / "data" / "ape210k_train.jsonl", benchmark_rows(_problems(n_train, 51)))
     for name, seed in (("ape210k_test", 52), ("cmath_test", 53), ("mgsm_zh_test", 54)):
         _write_jsonl(
-            resources / "benchmarks" / f"{name}.jsonl", benchmark_rows(_problems(n_test, seed, 0))
+            resources / "benchmarks" / f"{name}.jsonl", benchmark_rows(_problems(n_test, seed))
         )
 
 

@@ -219,7 +219,8 @@ def test_two_processes_one_signalled_rank_stops_both_and_resume_is_exact(workspa
     files = sorted(p.name for p in (workspace / "two_whole" / "model").iterdir())
     assert "training_log.json" in files and "tokenizer.json" in files
     log = json.loads((workspace / "two_whole" / "model" / "training_log.json").read_text())
-    assert (log["world_size"], log["distributed_type"], log["zero_stage"]) == (2, "MULTI_GPU", None)
+    # accelerate names two processes without GPUs MULTI_CPU (torchrun, gloo).
+    assert (log["world_size"], log["distributed_type"], log["zero_stage"]) == (2, "MULTI_CPU", None)
 
     # Per process: 15 rows, 4 batches per epoch (steps of 3 + 1 batches), 4 steps in all.
     # SIGUSR1 reaches rank 1 only, at batch 6 (epoch 2, mid step 3): both save step 3 and stop.
