@@ -28,9 +28,10 @@ from slurm_run import (
     run_through_slurm,
 )
 
+from scdpo.names import MODEL_LABELS, MODELS
+
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # the hub is never asked
-TRAINED = ("sft", "dpo", "dpo_data_equal", "scdpo")
-MODEL_LABELS = {"SFT", "DPO", "DPO (data-equal)", "SCDPO"}
+TRAINED = MODELS  # the SFT model and every DPO variant
 
 
 def _leaves(tree: dict, path: tuple = ()):
@@ -93,7 +94,7 @@ def test_the_accuracy_table_has_every_model_on_every_benchmark(paper_shaped_run)
     config = yaml.safe_load((paper_shaped_run / "paper_shaped.yaml").read_text())
     for name, experiment in config["experiments"].items():
         rows = table[table["experiment"] == name]
-        assert set(rows["model"]) == MODEL_LABELS, rows
+        assert set(rows["model"]) == set(MODEL_LABELS.values()), rows
         for benchmark in experiment["benchmarks"]:
             assert rows[benchmark].between(0, 100).all(), (name, benchmark)
         # Full test sets: 6 questions per file, 3 per MATH subject.
