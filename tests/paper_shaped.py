@@ -192,6 +192,8 @@ def write_mistral(weights_from: Path, out_dir: Path, seed: int = 0) -> None:
     import torch
     from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
+    from scdpo.modeling import _mean_initialise
+
     torch.manual_seed(seed)
     llama = AutoModelForCausalLM.from_pretrained(weights_from, dtype=torch.float32)
     tokenizer = _tokenizer_with_bos(weights_from)
@@ -213,9 +215,7 @@ def write_mistral(weights_from: Path, out_dir: Path, seed: int = 0) -> None:
     mistral.load_state_dict(llama.state_dict(), strict=True)
     old_rows = mistral.get_input_embeddings().weight.shape[0]
     mistral.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        weight = mistral.get_input_embeddings().weight
-        weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
+    _mean_initialise(mistral, old_rows)  # as the pipeline does for added marker tokens
     mistral.config.bos_token_id = tokenizer.bos_token_id
     mistral.config.eos_token_id = tokenizer.convert_tokens_to_ids(EOS)
     mistral.to(torch.bfloat16).save_pretrained(out_dir)  # the hub's dtype
