@@ -21,7 +21,14 @@ if not config:
 # Snakemake.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from scdpo.config import canonical, fill_defaults
-from scdpo.names import MODELS, VARIANTS, temperature_name
+from scdpo.names import (
+    SEED_MARK,
+    VARIANTS,
+    seed_of,
+    temperature_name,
+    trained_name,
+    variant_of,
+)
 
 # Snakemake's own default filling would leak defaults across the branches of a oneOf (a jsonl
 # source's keys into a synthetic one); fill_defaults picks the branch first.
@@ -50,10 +57,16 @@ TRAIN_CLI = os.path.relpath(
 EXPERIMENTS = list(config["experiments"])
 
 
+# A DPO-trained model is a variant, with "-seed<N>" when trained with another seed than the
+# recipe's (scdpo.names.trained_name); an evaluated model is one of those or the SFT model.
+TRAINED = f"(?:{'|'.join(VARIANTS)})(?:{SEED_MARK}\\d+)?"
+
+
 wildcard_constraints:
     exp="|".join(EXPERIMENTS),
     variant="|".join(VARIANTS),
-    model="|".join(MODELS),
+    trained=TRAINED,
+    model=f"sft|{TRAINED}",
     benchmark="|".join(config["benchmarks"]),
     subset="sft|dpo",
     shard=r"\d+",
@@ -68,8 +81,41 @@ for _exp, _spec in config["experiments"].items():
             )
 
 
+for _exp, _spec in config["experiments"].items():
+    if "seeds" in _spec["sft"]:
+        raise ValueError(
+            f"experiments.{_exp}.sft.seeds: seeds repeat DPO trainings only (dpo.seeds)"
+        )
+
+
 def exp_config(wildcards):
     return config["experiments"][wildcards.exp]
+
+
+def experiment_variants(exp):
+    """The experiment's DPO variants, in table order."""
+    chosen = config["experiments"][exp]["variants"]
+    return [variant for variant in VARIANTS if variant in chosen]
+
+
+def dpo_seeds(exp):
+    recipe = config["experiments"][exp]["dpo"]
+    return recipe.get("seeds", [recipe["seed"]])
+
+
+def trained_models(exp):
+    """Every DPO training of an experiment: one per variant and seed."""
+    recipe_seed = config["experiments"][exp]["dpo"]["seed"]
+    return [
+        trained_name(variant, seed, recipe_seed)
+        for variant in experiment_variants(exp)
+        for seed in dpo_seeds(exp)
+    ]
+
+
+def experiment_models(exp):
+    """Every evaluated model of an experiment: SFT, then each DPO training."""
+    return ["sft", *trained_models(exp)]
 
 
 # --- params: exactly the config values that change a stage's result --------------------------------
@@ -117,12 +163,16 @@ def recipe_json(stage):
     def recipe(wildcards):
         # The launcher is its own param (it re-runs the training too: more processes, another
         # effective batch). `nodes` is a resource, as the profile's GPUs per node are: changing
-        # it does not re-run a finished training. The checkpoint block stays in: the CLI reads it.
+        # it does not re-run a finished training. `seeds` is the list of trainings; each has its
+        # own `seed`, so adding a seed changes no finished training's params. The checkpoint
+        # block stays in: the CLI reads it.
         recipe = {
             k: v
             for k, v in exp_config(wildcards)[stage].items()
-            if k not in ("launcher", "nodes")
+            if k not in ("launcher", "nodes", "seeds")
         }
+        if "trained" in wildcards.keys():
+            recipe["seed"] = seed_of(wildcards.trained, recipe["seed"])
         return json.dumps(recipe, sort_keys=True)
 
     return recipe
@@ -186,9 +236,15 @@ def all_predictions(wildcards=None):
     return [
         f"results/{exp}/predictions/{model}/{benchmark}.jsonl"
         for exp, spec in config["experiments"].items()
-        for model in MODELS
+        for model in experiment_models(exp)
         for benchmark in spec["benchmarks"]
     ]
+
+
+def trained_pairs(wildcards):
+    """The pair set a DPO training learns from: its variant's, whatever its seed."""
+    pairs = f"results/{wildcards.exp}/pairs/{variant_of(wildcards.trained)}"
+    return {"train": f"{pairs}/train.jsonl", "eval": f"{pairs}/eval.jsonl"}
 
 
 def pairs_inputs(wildcards):
@@ -269,6 +325,7 @@ def statistics_params(wildcards=None):
         "confidence": config["report"]["confidence"],
         "n_boot": config["report"]["bootstrap_samples"],
         "seed": config["report"]["seed"],
+        "power": config["report"].get("power"),
     }
 
 
@@ -276,7 +333,7 @@ def all_pair_files(wildcards=None):
     return [
         f"results/{exp}/pairs/{variant}/{split}.jsonl"
         for exp in EXPERIMENTS
-        for variant in VARIANTS
+        for variant in experiment_variants(exp)
         for split in ("train", "eval")
     ]
 
@@ -284,7 +341,7 @@ def all_pair_files(wildcards=None):
 def experiment_pair_files(wildcards):
     return [
         f"results/{wildcards.exp}/pairs/{variant}/{split}.jsonl"
-        for variant in VARIANTS
+        for variant in experiment_variants(wildcards.exp)
         for split in ("train", "eval")
     ]
 
@@ -295,15 +352,19 @@ def paper_model(wildcards):
 
 
 def credit_models(wildcards):
-    """The SFT reference and the three DPO-trained models of one experiment."""
+    """The SFT reference and each variant's model (trained with the recipe's seed)."""
     models = {"reference": sft_model(wildcards)}
-    for variant in VARIANTS:
+    for variant in experiment_variants(wildcards.exp):
         models[variant] = f"results/{wildcards.exp}/models/{variant}"
     return models
 
 
 def credit_params(wildcards):
-    return {"beta": exp_config(wildcards)["dpo"]["beta"], **config["report"]["credit"]}
+    return {
+        "beta": exp_config(wildcards)["dpo"]["beta"],
+        "variants": experiment_variants(wildcards.exp),
+        **config["report"]["credit"],
+    }
 
 
 GENERATION_RULES = [
@@ -369,10 +430,10 @@ def all_benchmark_files(wildcards=None):
             "negatives_step_controlled": [
                 f"{exp}/{s}" for s in shard_names(exp, "step_control")
             ],
-            "dpo_train": [f"{exp}/{variant}" for variant in VARIANTS],
+            "dpo_train": [f"{exp}/{model}" for model in trained_models(exp)],
             "eval_predict": [
                 f"{exp}/{model}/{benchmark}"
-                for model in MODELS
+                for model in experiment_models(exp)
                 for benchmark in spec["benchmarks"]
             ],
             "pilot_predict": (

@@ -1,15 +1,15 @@
 rule dpo_train:
-    """i. DPO from the SFT model (reference = SFT) on one variant's pairs: dpo, dpo_data_equal, scdpo."""
+    """i. DPO from the SFT model (reference = SFT) on one variant's pairs (dpo, dpo_data_equal,
+    scdpo, step_dpo), with one seed: {trained} is the variant, or '<variant>-seed<N>'."""
     input:
+        unpack(trained_pairs),
         model=sft_model,
-        train="results/{exp}/pairs/{variant}/train.jsonl",
-        eval="results/{exp}/pairs/{variant}/eval.jsonl",
     output:
-        directory("results/{exp}/models/{variant}"),
+        directory("results/{exp}/models/{trained}"),
     log:
-        "logs/dpo_train/{exp}/{variant}.log",
+        "logs/dpo_train/{exp}/{trained}.log",
     benchmark:
-        "logs/benchmarks/dpo_train/{exp}/{variant}.tsv"
+        "logs/benchmarks/dpo_train/{exp}/{trained}.tsv"
     conda:
         "../envs/train.yaml"
     threads: 1
@@ -27,5 +27,5 @@ rule dpo_train:
     shell:
         "{params.python} {params.cli} dpo --model {input.model} --data {input.train}"
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
-        " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.variant}"
+        " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.trained}"
         " --launcher '{params.launcher}' > {log} 2>&1"

@@ -5,6 +5,7 @@ from scdpo.pairs import (
     naive_pairs,
     split_eval,
     step_controlled_pairs,
+    step_level_pairs,
 )
 from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE
 
@@ -80,6 +81,63 @@ def test_step_controlled_pairs_share_the_prefix_and_end_it_on_a_block_marker():
     assert pair["rejected"].startswith("<|code|>print(2)")
     assert pair["chosen"].endswith(END_OF_MESSAGE) and pair["rejected"].endswith(END_OF_MESSAGE)
     assert pair["k"] == 0 and pair["temperatures"] == [1.1, 1.15]
+
+
+def _generated(negatives: list[list[dict]]) -> list[dict]:
+    chosen = [
+        {"kind": "text", "content": "a"},
+        {"kind": "code", "content": "print(1)"},
+        {"kind": "execution", "content": "1\n"},
+        {"kind": "text", "content": "\\boxed{1}"},
+    ]
+    return [
+        {
+            "id": "q",
+            "question": "Q",
+            "answer": "1",
+            "chosen": chosen,
+            "negatives": [
+                {"k": k, "temperatures": [1.1, 1.15], "blocks": blocks} for k, blocks in negatives
+            ],
+        }
+    ]
+
+
+def test_step_level_pairs_take_one_step_each_after_the_shared_prefix():
+    """Step-DPO on the same generations: the SC pair's prompt, then a code step with its output
+    (not the rest of the solution), or the final text step with the end of the message."""
+    wrong_code = [
+        {"kind": "code", "content": "print(2)"},
+        {"kind": "execution", "content": "2\n"},
+        {"kind": "text", "content": "\\boxed{2}"},
+    ]
+    wrong_end = [{"kind": "text", "content": "\\boxed{3}"}]
+    generated = _generated([(0, wrong_code), (2, wrong_end)])
+    code_step, last_step = step_level_pairs(generated, "")
+    [sc_pair, _] = step_controlled_pairs(generated, "")
+    assert code_step["prompt"] == sc_pair["prompt"] and code_step["kind"] == "step_level"
+    assert (
+        code_step["chosen"] == "<|code|>print(1)" + END_OF_BLOCK + "<|execution|>1\n" + END_OF_BLOCK
+    )
+    assert (
+        code_step["rejected"]
+        == "<|code|>print(2)" + END_OF_BLOCK + "<|execution|>2\n" + END_OF_BLOCK
+    )
+    assert code_step["temperatures"] == [1.1]  # the one model call of the step
+    assert last_step["k"] == 2 and last_step["prompt"].endswith("<|execution|>1\n" + END_OF_BLOCK)
+    assert last_step["chosen"] == "<|text|>\\boxed{1}" + END_OF_BLOCK + END_OF_MESSAGE
+    assert last_step["rejected"] == "<|text|>\\boxed{3}" + END_OF_BLOCK + END_OF_MESSAGE
+
+
+def test_step_level_pairs_leave_out_a_step_the_continuation_repeated():
+    """The error came later: the first new step equals the correct one, so no step-level pair."""
+    same_first = [
+        {"kind": "code", "content": "print(1)"},
+        {"kind": "execution", "content": "1\n"},
+        {"kind": "text", "content": "\\boxed{7}"},
+    ]
+    assert step_level_pairs(_generated([(0, same_first)]), "") == []
+    assert len(step_controlled_pairs(_generated([(0, same_first)]), "")) == 1
 
 
 def test_mix_and_eval_split_keep_every_pair_once():

@@ -57,11 +57,11 @@ def test_paired_test_detects_a_planted_difference_and_not_a_null_one():
     diffs = accuracy.paired_comparisons(_outcomes(planted=40)).set_index("comparison")
     planted = diffs.loc["SCDPO - SFT"]
     assert planted["difference"] == pytest.approx(100 * 40 / 400)
-    assert planted["low"] > 0 and planted["p_mcnemar"] < 1e-6
+    assert planted["low"] > 0 and planted["p_value"] < 1e-6
     assert (planted["model_only_right"], planted["baseline_only_right"]) == (40, 0)
     null = diffs.loc["DPO - SFT"]
     assert null["difference"] == 0 and null["low"] <= 0 <= null["high"]
-    assert null["p_mcnemar"] == 1.0
+    assert null["p_value"] == 1.0
 
 
 def test_only_comparisons_whose_two_models_exist_are_made():
@@ -146,6 +146,59 @@ def test_accuracy_report_writes_csv_markdown_and_html(tmp_path):
     acc = pd.read_csv(out["csv"])
     assert set(acc.columns) >= {"accuracy", "low", "high"}
     assert len(pd.read_csv(out["differences"])) == 3
+
+
+def test_seeds_are_pooled_into_one_row_with_spread_and_a_test_per_comparison(tmp_path):
+    """Three seeds of SCDPO and Step-DPO: one row each with the mean, sd and per-seed accuracy;
+    Step-DPO stands beside the others with its step-level pairs and a test against SCDPO."""
+    n = 600
+    sft = _bernoulli(0.5, n, seed=1)
+    wrong = [i for i, c in enumerate(sft) if not c]
+    outcomes = {("e", "sft", "b"): _by_id(sft)}
+    for s, (fixed, name) in enumerate([(60, "scdpo"), (40, "scdpo-seed1"), (50, "scdpo-seed2")]):
+        outcomes[("e", name, "b")] = _by_id(
+            [c or i in wrong[s : s + fixed] for i, c in enumerate(sft)]
+        )
+    for s, name in enumerate(["step_dpo", "step_dpo-seed1", "step_dpo-seed2"]):
+        outcomes[("e", name, "b")] = _by_id([c or i in wrong[s : s + 5] for i, c in enumerate(sft)])
+    paths = {k: _write_predictions(tmp_path / f"{k[1]}.jsonl", v) for k, v in outcomes.items()}
+    write_jsonl(tmp_path / "sc.jsonl", [{"id": "1", "kind": "step_controlled"}])
+    write_jsonl(tmp_path / "step.jsonl", [{"id": "1", "kind": "step_level"}] * 3)
+    pairs = {
+        ("e", "scdpo"): [str(tmp_path / "sc.jsonl")],
+        ("e", "step_dpo"): [str(tmp_path / "step.jsonl")],
+    }
+    out = {
+        name: str(tmp_path / f"out.{name}")
+        for name in ("table_csv", "table_md", "csv", "differences", "pairs", "md", "html")
+    }
+    power = {"difference": 0.03, "discordant": 0.15, "alpha": 0.05}
+    accuracy.accuracy_report(paths, pairs, out, n_boot=500, power=power)
+
+    acc = pd.read_csv(out["csv"]).set_index("model")
+    assert list(acc.index) == ["sft", "scdpo", "step_dpo"]
+    base = 100 * sum(sft) / n
+    assert acc.loc["scdpo", "seeds"] == 3 and acc.loc["sft", "seeds"] == 1
+    assert acc.loc["scdpo", "accuracy"] == pytest.approx(base + 100 * 50 / n)
+    assert acc.loc["scdpo", "sd"] == pytest.approx(100 * 10 / n)  # fixes 60, 40, 50
+    assert acc.loc["scdpo", "per_seed"].count("/") == 2
+    assert acc.loc["scdpo", "low"] < acc.loc["scdpo", "accuracy"] < acc.loc["scdpo", "high"]
+
+    diffs = pd.read_csv(out["differences"]).set_index("comparison")
+    assert {"Step-DPO - SFT", "SCDPO - Step-DPO", "SCDPO - SFT"} <= set(diffs.index)
+    scdpo_vs_step = diffs.loc["SCDPO - Step-DPO"]
+    assert scdpo_vs_step["seeds"] == "3 / 3" and scdpo_vs_step["test"].startswith("sign-flip")
+    assert scdpo_vs_step["difference"] == pytest.approx(100 * 45 / n)
+    assert scdpo_vs_step["p_value"] < 0.01 and scdpo_vs_step["low"] > 0
+    # Discordant counts are means over seed pairings, not a question counted once per seed.
+    assert scdpo_vs_step["model_only_right"] + scdpo_vs_step["baseline_only_right"] <= 60
+
+    table = pd.read_csv(out["table_csv"]).set_index("model")
+    assert table.loc["Step-DPO", "step-level pairs"] == 3 and table.loc["Step-DPO", "pairs"] == 3
+    assert table.loc["SCDPO", "seeds"] == 3 and table.loc["SCDPO", "b sd"] > 0
+    md = (tmp_path / "out.md").read_text()
+    assert " ± " in md and "Step-DPO" in md and "step-level pairs" in md
+    assert "Power of the paired test" in md and "1306" in md  # n for 80% power at 3 points
 
 
 # --- temperature pilot ----------------------------------------------------------------------------
@@ -489,7 +542,7 @@ def test_compact_table_keeps_counts_whole_and_leaves_missing_cells_blank():
             {"experiment": "e", "model": "sft", "benchmark": "gsm8k", "accuracy": 50.0, "n": 6},
             {"experiment": "f", "model": "sft", "benchmark": "ape", "accuracy": 25.0, "n": 4},
         ]
-    )
+    ).assign(seeds=1)
     counts = accuracy.pair_counts({("e", "dpo"): [{"id": "gsm8k:1", "kind": "naive"}]})
     table = accuracy.compact_table(acc, counts)
     assert str(table["gsm8k n"].dtype) == "Int64" and str(table["pairs"].dtype) == "Int64"

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from scdpo.results import stats
 from scdpo.results.stats import PairedResult, accuracy_ci, mcnemar_exact, paired_difference
 
 
@@ -111,3 +112,49 @@ def test_mcnemar_large_counts_close_to_normal_approximation():
     z = (200 - 1) / math.sqrt(2200)  # continuity-corrected
     assert 0 < p < 1e-4
     assert p == pytest.approx(math.erfc(z / math.sqrt(2)), rel=0.1)
+
+
+def test_one_seed_a_side_is_the_paired_bootstrap_and_mcnemar():
+    a, b = [[1, 0, 1, 0, 1, 1]], [[1, 1, 1, 0, 1, 1]]
+    assert stats.seeded_difference(a, b, n_boot=300) == stats.paired_difference(
+        a[0], b[0], n_boot=300
+    )
+    one = stats.seeded_accuracy(a, n_boot=300)
+    assert (one.mean, one.low, one.high) == stats.accuracy_ci(a[0], n_boot=300)
+    assert one.seeds == 1 and math.isnan(one.sd)
+
+
+def test_seed_spread_widens_the_interval_over_items_alone():
+    rng = np.random.default_rng(0)
+    same = stats.seeded_accuracy([rng.random(400) < 0.5] * 3, n_boot=2000)
+    # Seeds far apart (about 35%, 50%, 65% right) add their spread to the items' own.
+    varied = stats.seeded_accuracy([rng.random(400) < p for p in (0.35, 0.5, 0.65)], n_boot=2000)
+    assert same.sd == 0 and varied.sd > 0.1
+    assert varied.high - varied.low > 2 * (same.high - same.low)
+
+
+def test_sign_flip_test_holds_its_level_and_finds_a_planted_difference():
+    rng = np.random.default_rng(1)
+    null_p = [
+        stats.seeded_difference(
+            [rng.random(200) < 0.5 for _ in range(3)],
+            [rng.random(200) < 0.5 for _ in range(3)],
+            n_boot=400,
+            seed=i,
+        ).p_value
+        for i in range(60)
+    ]
+    assert 0.0 <= np.mean(np.array(null_p) < 0.05) <= 0.15  # about 5% under the null
+    base = rng.random(300) < 0.5
+    better = [base | (rng.random(300) < 0.3) for _ in range(3)]
+    planted = stats.seeded_difference([base], better, n_boot=2000)
+    assert planted.p_value < 0.001 and planted.low > 0 and planted.test.startswith("sign-flip")
+
+
+def test_power_and_sample_size_invert_each_other():
+    n = stats.mcnemar_sample_size(0.03, 0.15)
+    assert stats.mcnemar_power(n, 0.03, 0.15) >= 0.8 > stats.mcnemar_power(n - 5, 0.03, 0.15)
+    # More discordance (noisier pairs) needs more questions; a bigger difference fewer.
+    assert stats.mcnemar_sample_size(0.03, 0.25) > n > stats.mcnemar_sample_size(0.05, 0.15)
+    with pytest.raises(ValueError):
+        stats.mcnemar_power(100, 0.2, 0.1)

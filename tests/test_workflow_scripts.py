@@ -32,15 +32,22 @@ def test_workflow_script_imports_resolve(script: Path):
 
 def test_the_check_sees_the_scripts_imports():
     names = {name for script in SCRIPTS for _, name in imported_names(script)}
-    assert {"VARIANTS", "credit_report"} <= names
+    assert {"accuracy_report", "credit_report"} <= names
 
 
 def test_every_variant_has_a_pair_set():
     # The rules and the package read the variants from scdpo.names; each needs a pair builder.
-    from scdpo.names import MODELS, VARIANTS
+    import yaml
+
+    from scdpo.names import MODEL_LABELS, MODELS, PAPER_VARIANTS, VARIANTS
     from scdpo.pairs import PAIR_SETS
 
     assert tuple(PAIR_SETS) == VARIANTS
-    assert MODELS == ("sft", *VARIANTS)
+    assert MODELS == ("sft", *VARIANTS) and set(MODEL_LABELS) == set(MODELS)
+    # The schema's `variants` offers exactly these, and defaults to the paper's three.
+    schema = yaml.safe_load((SCRIPTS[0].parents[1] / "config" / "schema.yaml").read_text())
+    variants = schema["$defs"]["experiment"]["properties"]["variants"]
+    assert variants["items"]["enum"] == list(VARIANTS)
+    assert variants["default"] == list(PAPER_VARIANTS)
     common = (SCRIPTS[0].parents[1] / "rules" / "common.smk").read_text()
     assert "from scdpo.names import" in common and "\nVARIANTS = " not in common

@@ -7,7 +7,10 @@ environment runs Snakemake, and light rules (tables, merges) import it without t
 from __future__ import annotations
 
 # The DPO-trained variants, each with its own pair set (scdpo.pairs.PAIR_SETS) and training job.
-VARIANTS = ("dpo", "dpo_data_equal", "scdpo")
+# A new variant is a name here (with its label) and a pair builder there.
+VARIANTS = ("dpo", "dpo_data_equal", "scdpo", "step_dpo")
+# The paper's three, what an experiment trains unless its `variants` key says otherwise.
+PAPER_VARIANTS = ("dpo", "dpo_data_equal", "scdpo")
 # Every evaluated model: the SFT model, then the variants, in table order.
 MODELS = ("sft", *VARIANTS)
 MODEL_LABELS = {
@@ -15,25 +18,54 @@ MODEL_LABELS = {
     "dpo": "DPO",
     "dpo_data_equal": "DPO (data-equal)",
     "scdpo": "SCDPO",
+    "step_dpo": "Step-DPO",
 }
-# The kind of a step-controlled pair (naive pairs are "naive" or "naive_extra").
+# The kind of a step-controlled pair (naive pairs are "naive" or "naive_extra") and of a Step-DPO
+# pair (shared prefix, then one step each).
 STEP_CONTROLLED = "step_controlled"
-# Report comparisons (model, baseline): each variant against SFT, SCDPO against both baselines.
+STEP_LEVEL = "step_level"
+# Report comparisons (model, baseline): each variant against SFT, SCDPO against the baselines.
 COMPARISONS = (
     ("dpo", "sft"),
     ("dpo_data_equal", "sft"),
     ("scdpo", "sft"),
+    ("step_dpo", "sft"),
     ("scdpo", "dpo"),
     ("scdpo", "dpo_data_equal"),
+    ("scdpo", "step_dpo"),
 )
+
+# A DPO training repeated with another seed is its own model: "<variant>-seed<N>". The training
+# with the recipe's own `seed` keeps the plain variant name, so adding seeds to a finished run
+# reuses it.
+SEED_MARK = "-seed"
+
+
+def trained_name(variant: str, seed: int, recipe_seed: int) -> str:
+    """The model name of one DPO training: 'scdpo' (the recipe's seed) or 'scdpo-seed2'."""
+    return variant if seed == recipe_seed else f"{variant}{SEED_MARK}{seed}"
+
+
+def seed_of(model: str, recipe_seed: int) -> int:
+    """The DPO seed of a trained model's name (the recipe's seed for a plain variant name)."""
+    _, mark, seed = model.partition(SEED_MARK)
+    return int(seed) if mark else recipe_seed
+
+
+def variant_of(model: str) -> str:
+    """'scdpo-seed2' -> 'scdpo'; 'sft' -> 'sft'."""
+    return model.split(SEED_MARK, 1)[0]
 
 
 def model_label(model: str) -> str:
-    return MODEL_LABELS.get(model, model)
+    variant = variant_of(model)
+    label = MODEL_LABELS.get(variant, variant)
+    return label + model[len(variant) :].replace(SEED_MARK, " seed ")
 
 
 def model_order(model: str) -> int:
-    """Table position of a model (unknown names last)."""
+    """Table position of a model or of its variant (unknown names last)."""
+    model = variant_of(model)
     return MODELS.index(model) if model in MODELS else len(MODELS)
 
 

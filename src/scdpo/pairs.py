@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from scdpo.jsonl import read_jsonl, write_jsonl
-from scdpo.names import STEP_CONTROLLED
+from scdpo.names import STEP_CONTROLLED, STEP_LEVEL
 from scdpo.solution import Block, render_blocks, render_prompt, render_solution
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,54 @@ def step_controlled_pairs(generated: list[dict], system: str) -> list[dict]:
                     + render_blocks(chosen[: k + 1]),
                     "chosen": render_solution(chosen[k + 1 :]),
                     "rejected": render_solution(_blocks(negative)),
+                }
+            )
+    return pairs
+
+
+def first_step(blocks: list[Block]) -> list[Block]:
+    """The first step of a continuation: a text block, or a code block with its execution (the
+    model writes the code; the sandbox's output belongs to the same step)."""
+    if len(blocks) > 1 and blocks[0].kind == "code" and blocks[1].kind == "execution":
+        return blocks[:2]
+    return blocks[:1]
+
+
+def _render_step(step: list[Block], rest: list[Block]) -> str:
+    """A step as a completion; the last step of a solution also ends its message."""
+    return render_solution(step) if len(step) == len(rest) else render_blocks(step)
+
+
+def step_level_pairs(generated: list[dict], system: str) -> list[dict]:
+    """Step-DPO's pairs from the step-controlled generations: the same prompt as the
+    step-controlled pair (question + t_0..t_k), then one step each: the correct solution's next
+    step (chosen) against the continuation's first new step (rejected).
+
+    Step-DPO has GPT-4 locate the first wrong step; here the split point k is known by
+    construction, and the first new step stands in for the wrong one. It may still be right (the
+    continuation can go wrong later), which makes the pair noise, not signal (docs/variants.md).
+    Pairs whose two steps are the same text teach nothing and are left out.
+    """
+    pairs = []
+    for question in generated:
+        chosen = _blocks({"blocks": question["chosen"]})
+        for negative in question["negatives"]:
+            k = negative["k"]
+            good_rest, bad_rest = chosen[k + 1 :], _blocks(negative)
+            good = _render_step(first_step(good_rest), good_rest)
+            bad = _render_step(first_step(bad_rest), bad_rest)
+            if good == bad:
+                continue
+            pairs.append(
+                {
+                    "id": question["id"],
+                    "kind": STEP_LEVEL,
+                    "k": k,
+                    "temperatures": negative["temperatures"][:1],  # one model call per step
+                    "prompt": render_prompt(question["question"], system)
+                    + render_blocks(chosen[: k + 1]),
+                    "chosen": good,
+                    "rejected": bad,
                 }
             )
     return pairs
@@ -207,12 +255,19 @@ def _scdpo_pairs(sampled: list[dict], negatives: list[dict], system: str, seed: 
     return mix(naive_pairs(sampled, system), step_controlled_pairs(negatives, system), seed=seed)
 
 
+def _step_dpo_pairs(
+    sampled: list[dict], negatives: list[dict], system: str, seed: int
+) -> list[dict]:
+    return step_level_pairs(negatives, system)
+
+
 # variant -> (pair builder, whether it reads the step-controlled negatives). The keys are
 # scdpo.names.VARIANTS (tested); a new variant is a name there and a builder here.
 PAIR_SETS: dict[str, tuple[Callable[..., list[dict]], bool]] = {
     "dpo": (_dpo_pairs, False),
     "dpo_data_equal": (_data_equal_pairs, True),
     "scdpo": (_scdpo_pairs, True),
+    "step_dpo": (_step_dpo_pairs, True),
 }
 
 

@@ -4,6 +4,13 @@ Inputs are per-question 0/1 correctness arrays. For 0/1 data a bootstrap resampl
 described by its counts, so the resampled statistics are drawn from their exact binomial /
 multinomial distributions instead of materialising n_boot x n index matrices: the result is
 the same percentile bootstrap, in O(n_boot) time and memory.
+
+With several training seeds a model is a (seeds x questions) array. Its intervals come from a
+two-level bootstrap that resamples the seeds and the questions (the same questions for both
+models of a comparison), and its test is a sign-flip randomisation test on the per-question
+difference of the seed-averaged outcomes: the question stays the unit, so the seeds are pooled
+without counting a question once per seed. With one seed on each side these reduce to the
+paired bootstrap and the exact McNemar test, which are used then.
 """
 
 from __future__ import annotations
@@ -15,7 +22,20 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["PairedResult", "accuracy_ci", "mcnemar_exact", "paired_difference"]
+__all__ = [
+    "PairedResult",
+    "SeededAccuracy",
+    "accuracy_ci",
+    "mcnemar_exact",
+    "mcnemar_power",
+    "mcnemar_sample_size",
+    "paired_difference",
+    "seeded_accuracy",
+    "seeded_difference",
+]
+
+MCNEMAR = "exact McNemar"
+SIGN_FLIP = "sign-flip over questions, seeds averaged"
 
 
 @dataclass(frozen=True)
@@ -28,9 +48,10 @@ class PairedResult:
     diff: float  # acc_b - acc_a
     low: float  # paired-bootstrap percentile interval of diff
     high: float
-    p_value: float  # exact two-sided McNemar
-    n_a_only: int  # discordant: a right, b wrong
-    n_b_only: int  # discordant: a wrong, b right
+    p_value: float  # two-sided: exact McNemar, or the sign-flip test with several seeds
+    n_a_only: float  # discordant: a right, b wrong (with seeds: mean over seed pairings)
+    n_b_only: float  # discordant: a wrong, b right
+    test: str = MCNEMAR
 
 
 def _as_binary(values: Sequence[bool], name: str) -> np.ndarray:
@@ -136,3 +157,143 @@ def paired_difference(
         n_a_only=a_only,
         n_b_only=b_only,
     )
+
+
+@dataclass(frozen=True)
+class SeededAccuracy:
+    """Accuracy of a model trained with one or more seeds (0..1): the mean over seeds, the
+    standard deviation across seeds (NaN for one seed) and the interval over seeds and items."""
+
+    seeds: int
+    n: int
+    mean: float
+    sd: float
+    low: float
+    high: float
+    per_seed: tuple[float, ...]
+
+
+def _as_seeds(values: Sequence[Sequence[bool]], name: str) -> np.ndarray:
+    rows = [_as_binary(row, f"{name}[{i}]") for i, row in enumerate(values)]
+    if not rows or len({row.size for row in rows}) != 1:
+        raise ValueError(f"{name} must hold one or more seeds, each on the same questions")
+    return np.stack(rows)
+
+
+_CHUNK = 500  # bootstrap resamples drawn at once (a chunk x questions weight matrix)
+
+
+def _seed_means(rng: np.random.Generator, per_seed: np.ndarray) -> np.ndarray:
+    """Mean over a resample (with replacement) of the seeds, per bootstrap row."""
+    pick = rng.integers(per_seed.shape[1], size=per_seed.shape)
+    return np.take_along_axis(per_seed, pick, axis=1).mean(axis=1)
+
+
+def _two_level(arrays: Sequence[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
+    """Bootstrap means of each (seeds x n) array: questions resampled once per row and shared
+    by the arrays (paired), seeds resampled per array."""
+    n = arrays[0].shape[1]
+    rng = np.random.default_rng(seed)
+    out: list[list[np.ndarray]] = [[] for _ in arrays]
+    for start in range(0, n_boot, _CHUNK):
+        weights = rng.multinomial(n, np.full(n, 1 / n), size=min(_CHUNK, n_boot - start))
+        for i, x in enumerate(arrays):
+            out[i].append(_seed_means(rng, weights @ x.T.astype(float) / n))
+    return [np.concatenate(parts) for parts in out]
+
+
+def seeded_accuracy(
+    correct: Sequence[Sequence[bool]],
+    confidence: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> SeededAccuracy:
+    """Accuracy of one model over its seeds (rows) on the same questions (columns)."""
+    _check_args(confidence, n_boot)
+    x = _as_seeds(correct, "correct")
+    per_seed = tuple(float(v) for v in x.mean(axis=1))
+    if x.shape[0] == 1:
+        mean, low, high = accuracy_ci(x[0], confidence, n_boot, seed)
+        return SeededAccuracy(1, x.shape[1], mean, math.nan, low, high, per_seed)
+    mean = float(np.mean(per_seed))
+    sd = float(np.std(per_seed, ddof=1))
+    if x.shape[1] == 0:
+        return SeededAccuracy(x.shape[0], 0, math.nan, math.nan, math.nan, math.nan, per_seed)
+    (boot,) = _two_level([x], n_boot, seed)
+    return SeededAccuracy(
+        x.shape[0], x.shape[1], mean, sd, *_percentiles(boot, confidence), per_seed
+    )
+
+
+def sign_flip_test(differences: np.ndarray, n_perm: int, seed: int) -> float:
+    """Two-sided randomisation test of mean(differences) = 0, flipping each question's sign
+    (Monte Carlo, with the observed labelling counted: p >= 1 / (n_perm + 1))."""
+    d = differences[differences != 0]
+    if d.size == 0:
+        return 1.0
+    observed = abs(d.sum())
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, n_perm, _CHUNK):
+        signs = rng.choice((-1.0, 1.0), size=(min(_CHUNK, n_perm - start), d.size))
+        extreme += int((np.abs(signs @ d) >= observed - 1e-9).sum())
+    return (extreme + 1) / (n_perm + 1)
+
+
+def seeded_difference(
+    a: Sequence[Sequence[bool]],
+    b: Sequence[Sequence[bool]],
+    confidence: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> PairedResult:
+    """Accuracy difference b - a, each model over its seeds (rows) on the same questions."""
+    _check_args(confidence, n_boot)
+    xa, xb = _as_seeds(a, "a"), _as_seeds(b, "b")
+    if xa.shape[1] != xb.shape[1]:
+        raise ValueError(
+            f"a and b must be aligned on the same questions: {xa.shape[1]} and {xb.shape[1]}"
+        )
+    if xa.shape[0] == xb.shape[0] == 1:
+        return paired_difference(xa[0], xb[0], confidence, n_boot, seed)
+    n = xa.shape[1]
+    mean_a, mean_b = xa.mean(axis=0), xb.mean(axis=0)
+    a_only, b_only = float((mean_a * (1 - mean_b)).sum()), float((mean_b * (1 - mean_a)).sum())
+    if n == 0:
+        return PairedResult(0, *[math.nan] * 5, 1.0, 0.0, 0.0, SIGN_FLIP)
+    boot_a, boot_b = _two_level([xa, xb], n_boot, seed)
+    low, high = _percentiles(boot_b - boot_a, confidence)
+    return PairedResult(
+        n=n,
+        acc_a=float(mean_a.mean()),
+        acc_b=float(mean_b.mean()),
+        diff=float(mean_b.mean() - mean_a.mean()),
+        low=low,
+        high=high,
+        p_value=sign_flip_test(mean_b - mean_a, n_boot, seed),
+        n_a_only=a_only,
+        n_b_only=b_only,
+        test=SIGN_FLIP,
+    )
+
+
+def mcnemar_power(n: int, difference: float, discordant: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided McNemar test on n paired questions to detect an accuracy
+    difference when a share `discordant` of questions is answered differently (normal
+    approximation, Connor 1987): Phi((d sqrt(n) - z sqrt(p)) / sqrt(p - d^2))."""
+    if not 0 < difference <= discordant <= 1:
+        raise ValueError("need 0 < difference <= discordant <= 1")
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    spread = math.sqrt(max(discordant - difference**2, 1e-12))
+    return NormalDist().cdf((difference * math.sqrt(n) - z * math.sqrt(discordant)) / spread)
+
+
+def mcnemar_sample_size(
+    difference: float, discordant: float, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """Questions the McNemar test needs for `power` (the inverse of mcnemar_power)."""
+    if not 0 < difference <= discordant <= 1:
+        raise ValueError("need 0 < difference <= discordant <= 1")
+    z_alpha, z_beta = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
+    root = z_alpha * math.sqrt(discordant) + z_beta * math.sqrt(discordant - difference**2)
+    return math.ceil((root / difference) ** 2)
