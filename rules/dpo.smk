@@ -1,6 +1,7 @@
 rule dpo_train:
     """i. DPO from the SFT model (reference = SFT) on one variant's pairs (dpo, dpo_data_equal,
-    scdpo, step_dpo), with one seed: {trained} is the variant, or '<variant>-seed<N>'."""
+    scdpo, step_dpo), with one seed: {trained} is the variant, or '<variant>-seed<N>'.
+    """
     input:
         unpack(trained_pairs),
         model=sft_model,
