@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# Two pytest workers: the micro run and the SLURM runs wait on jobs and polls, the other worker
+# fills those cores with the unit tests (tests/conftest.py keeps shared fixtures on one worker).
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint dry-run report clean profiles
 
@@ -31,7 +34,7 @@ test: setup
 	$(BIN)/ruff format --check src tests benchmarks workflow_scripts
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks workflow_scripts

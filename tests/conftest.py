@@ -10,6 +10,26 @@ BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
 MICRO = REPO / "config" / "micro.yaml"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist workers with `--dist loadgroup`. Every test that reads
+    the micro run goes to one worker, first: the run is a session fixture (one per worker) and
+    the paper-shaped SLURM run builds on it, the suite's longest chain. Every other module stays
+    on one worker, so that its module fixtures run once; the other worker works through those
+    while the chain runs. Without xdist the marks do nothing and the order is only reshuffled."""
+    for item in items:
+        group = MICRO_GROUP if _reads_micro_run(item) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not _reads_micro_run(item))  # stable: modules keep their order
+
+
+MICRO_GROUP = "micro_run"
+
+
+def _reads_micro_run(item) -> bool:
+    return "micro_run" in getattr(item, "fixturenames", ())
+
+
 @pytest.fixture(scope="session")
 def benchmarks_dir() -> Path:
     if not BENCHMARKS.is_dir():

@@ -40,5 +40,16 @@ def test_summary_of_a_real_run_has_the_accuracy_table_and_the_time_per_stage(mic
     assert (micro_run / "results" / "accuracy.md").read_text().strip() in text
     times = default_run.job_times(micro_run)
     assert {"sft_train", "dpo_train", "eval_predict"} <= set(times.index)
-    assert times.loc["dpo_train", "jobs"] == 3
+    assert times.loc["dpo_train", "jobs"] == 4  # micro trains Step-DPO too
     assert "of 2 cores busy" in text and "| sft_train" in text
+    assert "Paired differences" not in text
+    # With intervals (a seeded config): Table 1 with confidence follows, headings made bold.
+    full = default_run.summary(micro_run, 100.0, 2, facts, with_intervals=True)
+    assert full.startswith(text.rstrip("\n"))
+    assert "**Paired differences on the same questions**" in full and "\n## " not in full
+    assert "SCDPO - Step-DPO" in full
+
+
+def test_seeded_or_powered_configs_print_table_1_with_confidence():
+    assert default_run.wants_intervals(REPO / "config" / "small.yaml")
+    assert not default_run.wants_intervals(REPO / "config" / "config.yaml")

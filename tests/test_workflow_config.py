@@ -50,7 +50,7 @@ def test_every_shipped_config_dry_runs_every_stage(configfile, tmp_path):
         assert f"rule {stage}:" in result.output or f"localrule {stage}:" in result.output, stage
 
 
-def _bad_config(tmp_path, edit) -> subprocess.CompletedProcess:
+def _edited_config(tmp_path, edit) -> subprocess.CompletedProcess:
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     edit(config)
     path = tmp_path / "bad.yaml"
@@ -59,20 +59,24 @@ def _bad_config(tmp_path, edit) -> subprocess.CompletedProcess:
 
 
 def test_unknown_key_fails_before_any_job_naming_the_key(tmp_path):
-    result = _bad_config(tmp_path, lambda c: c["experiments"]["tiny"]["dpo"].update(betta=0.2))
+    result = _edited_config(tmp_path, lambda c: c["experiments"]["tiny"]["dpo"].update(betta=0.2))
     assert result.returncode != 0
     assert "betta" in result.output
     assert "Job stats" not in result.output
 
 
 def test_out_of_range_value_fails_naming_the_key(tmp_path):
-    result = _bad_config(tmp_path, lambda c: c["experiments"]["tiny"]["sampling"].update(shards=0))
+    result = _edited_config(
+        tmp_path, lambda c: c["experiments"]["tiny"]["sampling"].update(shards=0)
+    )
     assert result.returncode != 0
     assert "shards" in result.output and "minimum" in result.output
 
 
 def test_unknown_benchmark_name_is_reported(tmp_path):
-    result = _bad_config(tmp_path, lambda c: c["experiments"]["tiny"].update(benchmarks=["gsm9k"]))
+    result = _edited_config(
+        tmp_path, lambda c: c["experiments"]["tiny"].update(benchmarks=["gsm9k"])
+    )
     assert result.returncode != 0
     assert "gsm9k" in result.output
 
@@ -160,3 +164,33 @@ def test_internlm2_training_is_submitted_on_four_nodes_with_four_gpus_each(tmp_p
     sbatch += set_gres_string(job)
     assert "--nodes=4" in sbatch and "--gres=gpu:4" in sbatch, sbatch
     assert "--gpus" not in sbatch and "--signal=URG@300" in sbatch, sbatch
+
+
+def test_two_seeds_plan_one_dpo_training_and_evaluation_per_variant_and_seed(tmp_path):
+    """The recipe's seed keeps the plain name, the other seed is '<variant>-seed<N>'; each
+    training reads its variant's pairs, built once for all seeds, and is trained with its seed."""
+    import re
+
+    from workflow_run import planned_jobs
+
+    tiny_variants = ["dpo", "dpo_data_equal", "scdpo", "step_dpo"]
+
+    def seeded(config):
+        tiny = config["experiments"]["tiny"]
+        tiny["variants"] = tiny_variants
+        tiny["dpo"]["seeds"] = [0, 7]
+
+    result = _edited_config(tmp_path, seeded)
+    assert result.returncode == 0, result.output[-3000:]
+    planned = planned_jobs(result.output)
+    assert (planned["pairs_build"], planned["dpo_train"], planned["eval_predict"]) == (4, 8, 9)
+    trained = set()
+    for job in result.output.split("\n\n"):
+        if re.search(r"^rule dpo_train:", job, re.M):
+            out = re.search(r"output: results/tiny/models/(\S+)", job)[1]
+            seed = re.search(r'"seed": (\d+)', job)[1]
+            variant = out.split("-seed")[0]
+            assert seed == ("7" if out.endswith("-seed7") else "0"), job
+            assert f"results/tiny/pairs/{variant}/train.jsonl" in job, job
+            trained.add(out)
+    assert trained == {f"{v}{s}" for v in tiny_variants for s in ("", "-seed7")}

@@ -21,11 +21,20 @@ def test_table_has_every_model_row_and_pair_counts(micro_run):
     import pandas as pd
 
     table = pd.read_csv(micro_run / "results" / "accuracy.csv")
-    assert list(table["model"]) == ["SFT", "DPO", "DPO (data-equal)", "SCDPO"]
+    assert list(table["model"]) == ["SFT", "DPO", "DPO (data-equal)", "SCDPO", "Step-DPO"]
     assert table["synthetic_test"].between(0, 100).all()
     counts = table.set_index("model")
     assert counts.loc["SCDPO", "step-controlled pairs"] > 0
     assert counts.loc["DPO", "step-controlled pairs"] == 0
+    # Step-DPO learns from step-level pairs only, cut from the same generations as SCDPO's.
+    assert (
+        0
+        < counts.loc["Step-DPO", "step-level pairs"]
+        <= counts.loc["SCDPO", "step-controlled pairs"]
+    )
+    assert counts.loc["Step-DPO", "pairs"] == counts.loc["Step-DPO", "step-level pairs"]
+    differences = pd.read_csv(micro_run / "results" / "tables" / "accuracy_differences.csv")
+    assert "SCDPO - Step-DPO" in set(differences["comparison"])
     assert "| SCDPO" in (micro_run / "results" / "accuracy.md").read_text()
 
 
@@ -110,30 +119,41 @@ AFTER_DATA = {**AFTER_DPO, "data_stats": 1}
 SC_AND_AFTER = {
     "negatives_step_controlled": 2,
     "negatives_merge": 1,
-    "pairs_build": 3,
-    "dpo_train": 3,
-    "eval_predict": 3,
+    "pairs_build": 4,
+    "dpo_train": 4,
+    "eval_predict": 4,
 }
 
 # A changed key -> exactly the jobs it must re-run (micro: 2 shards each, one benchmark).
 RERUN_MATRIX = {
     "dpo_beta": (
         lambda e: e["dpo"].update(beta=0.3),
-        {"dpo_train": 3, "eval_predict": 3, **AFTER_DPO},
+        {"dpo_train": 4, "eval_predict": 4, **AFTER_DPO},
     ),
     "sc_schedule": (
         lambda e: e["step_control"].update(schedule="released_code"),
         # plain DPO reads naive pairs only: its pairs, training and evaluation stay
-        {**SC_AND_AFTER, "pairs_build": 2, "dpo_train": 2, "eval_predict": 2, **AFTER_DATA},
+        {**SC_AND_AFTER, "pairs_build": 3, "dpo_train": 3, "eval_predict": 3, **AFTER_DATA},
     ),
     "dpo_max_length": (
         lambda e: e["dpo"].update(max_length=512),
         # the data table counts the pairs
-        {"pairs_build": 3, "dpo_train": 3, "eval_predict": 3, **AFTER_DATA},
+        {"pairs_build": 4, "dpo_train": 4, "eval_predict": 4, **AFTER_DATA},
     ),
     "sampling_k": (
         lambda e: e["sampling"].update(max_samples=12),
         {"solutions_sample": 2, "solutions_merge": 1, **SC_AND_AFTER, **AFTER_DATA},
+    ),
+    # A second seed: one more training and evaluation per variant; the first seed's are kept
+    # (the credit pages read the recipe seed's models only).
+    "dpo_second_seed": (
+        lambda e: e["dpo"].update(seeds=[0, 1]),
+        {"dpo_train": 4, "eval_predict": 4, **TABLES},
+    ),
+    # Dropping a variant re-runs only what reads every variant.
+    "without_step_dpo": (
+        lambda e: e.update(variants=["dpo", "dpo_data_equal", "scdpo"]),
+        {**AFTER_DATA},
     ),
     "sft_learning_rate": (
         lambda e: e["sft"].update(learning_rate=1.0e-3),
@@ -142,7 +162,7 @@ RERUN_MATRIX = {
             "solutions_sample": 2,
             "solutions_merge": 1,
             **SC_AND_AFTER,
-            "eval_predict": 4,
+            "eval_predict": 5,
             "pilot_predict": 2,
             "pilot_plot": 1,
             **AFTER_DATA,
@@ -174,7 +194,7 @@ def test_a_new_benchmark_adds_only_its_evaluations_and_the_table(micro_run):
     changed = _changed_config(micro_run, add_benchmark)
     result = snakemake(micro_run, "-n", "--configfile", changed)
     assert result.returncode == 0, result.output[-3000:]
-    expected = {"benchmark_prepare": 1, "eval_predict": 4, **TABLES}
+    expected = {"benchmark_prepare": 1, "eval_predict": 5, **TABLES}
     assert planned_jobs(result.output) == expected
 
 
@@ -183,7 +203,7 @@ DATA_FILES = [
     "step_control/negatives.jsonl",
     *[
         f"pairs/{v}/{split}.jsonl"
-        for v in ("dpo", "dpo_data_equal", "scdpo")
+        for v in ("dpo", "dpo_data_equal", "scdpo", "step_dpo")
         for split in ("train", "eval")
     ],
 ]
@@ -214,3 +234,56 @@ def test_data_files_do_not_depend_on_shards_batch_size_or_chunks(micro_run, tmp_
     for name in DATA_FILES:
         ours = (workdir / "results" / "micro" / name).read_bytes()
         assert ours == (micro_run / "results" / "micro" / name).read_bytes(), name
+
+
+def _planned_outputs(output: str, rule: str) -> set[str]:
+    """The output paths of a dry-run's jobs of `rule`."""
+    outputs = set()
+    for block in output.split("\nrule ")[1:]:
+        if block.startswith(f"{rule}:"):
+            line = next(x for x in block.splitlines() if x.strip().startswith("output:"))
+            outputs |= {o.strip() for o in line.split(":", 1)[1].split(",")}
+    return outputs
+
+
+def test_adding_a_third_seed_plans_only_its_trainings_and_evaluations(micro_run, tmp_path):
+    """Seeds 0 and 1 finished (seed 1's models and predictions stand in as copies of seed 0's,
+    newer than their inputs), then seeds: [0, 1, 2] plans seed 2's jobs and the tables only."""
+    import shutil
+
+    workdir = tmp_path / "seeds"
+    shutil.copytree(micro_run, workdir, symlinks=True)
+    variants = yaml.safe_load(MICRO.read_text())["experiments"]["micro"]["variants"]
+    for variant in variants:
+        results = workdir / "results" / "micro"
+        shutil.copytree(results / "models" / variant, results / "models" / f"{variant}-seed1")
+        shutil.copytree(
+            results / "predictions" / variant, results / "predictions" / f"{variant}-seed1"
+        )
+        logs = workdir / "logs" / "benchmarks"
+        shutil.copy(
+            logs / "dpo_train/micro" / f"{variant}.tsv",
+            logs / "dpo_train/micro" / f"{variant}-seed1.tsv",
+        )
+        shutil.copytree(
+            logs / "eval_predict/micro" / variant, logs / "eval_predict/micro" / f"{variant}-seed1"
+        )
+
+    def seeds(*values):
+        return _changed_config(
+            workdir, lambda c: c["experiments"]["micro"]["dpo"].update(seeds=list(values))
+        )
+
+    two = snakemake(workdir, "-n", "--configfile", seeds(0, 1))
+    assert two.returncode == 0, two.output[-3000:]
+    assert planned_jobs(two.output).keys() <= set(TABLES), two.output[-3000:]
+    three = snakemake(workdir, "-n", "--configfile", seeds(0, 1, 2))
+    assert three.returncode == 0, three.output[-3000:]
+    assert planned_jobs(three.output) == {
+        "dpo_train": len(variants),
+        "eval_predict": len(variants),
+        **TABLES,
+    }
+    assert _planned_outputs(three.output, "dpo_train") == {
+        f"results/micro/models/{variant}-seed2" for variant in variants
+    }
