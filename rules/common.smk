@@ -325,8 +325,12 @@ def statistics_params(wildcards=None):
         "confidence": config["report"]["confidence"],
         "n_boot": config["report"]["bootstrap_samples"],
         "seed": config["report"]["seed"],
-        "power": config["report"].get("power"),
     }
+
+
+def power_params(wildcards=None):
+    """Table 1's power computation ({difference, discordant, alpha}), or None."""
+    return config["report"].get("power")
 
 
 def all_pair_files(wildcards=None):

@@ -68,5 +68,6 @@ rule table_accuracy:
         runtime=10,
     params:
         statistics=statistics_params,
+        power=power_params,
     script:
         "../workflow_scripts/table_accuracy.py"

@@ -9,4 +9,5 @@ accuracy_report(
     pair_file_keys(snakemake.input.pairs),
     snakemake.output,
     **snakemake.params.statistics,
+    power=snakemake.params.power,
 )

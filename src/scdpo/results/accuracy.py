@@ -55,6 +55,22 @@ def _matrix(seeds: Sequence[Mapping[str, bool]], ids: Sequence[str]) -> list[lis
     return [[by_id[i] for i in ids] for by_id in seeds]
 
 
+# The accuracy CSV: `correct` sums over seeds, `sd` is across seeds (NaN for one seed).
+ACCURACY_COLUMNS = (
+    "experiment",
+    "benchmark",
+    "model",
+    "seeds",
+    "n",
+    "correct",
+    "accuracy",
+    "low",
+    "high",
+    "sd",
+    "per_seed",
+)
+
+
 def accuracy_intervals(
     outcomes: Outcomes, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
 ) -> pd.DataFrame:
@@ -81,21 +97,6 @@ def accuracy_intervals(
         )
     table = pd.DataFrame(rows, columns=[*ACCURACY_COLUMNS])
     return sorted_by_model(table, "model", ["experiment", "benchmark", "model"])
-
-
-ACCURACY_COLUMNS = (
-    "experiment",
-    "benchmark",
-    "model",
-    "seeds",
-    "n",
-    "correct",
-    "accuracy",
-    "low",
-    "high",
-    "sd",
-    "per_seed",
-)
 
 
 def paired_comparisons(
