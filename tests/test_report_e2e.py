@@ -36,9 +36,10 @@ def _text(embedded: dict, name: str) -> str:
 def test_report_has_table_1_with_intervals_and_paired_tests(report):
     page, embedded = report
     table = _text(embedded, "accuracy_ci.html")
-    assert len(INTERVAL.findall(table)) >= 4  # SFT, DPO, DPO (data-equal), SCDPO
-    assert "SCDPO - DPO (data-equal)" in table and "McNemar p" in table
-    assert "step-controlled pairs" in table
+    assert len(INTERVAL.findall(table)) >= 5  # SFT, DPO, DPO (data-equal), SCDPO, Step-DPO
+    assert "SCDPO - DPO (data-equal)" in table and "exact McNemar" in table
+    assert "SCDPO - Step-DPO" in table
+    assert "step-controlled pairs" in table and "step-level pairs" in table
     assert "accuracy_ci.csv" in embedded and "Table 1" in page
 
 
