@@ -51,3 +51,15 @@ def test_every_variant_has_a_pair_set():
     assert variants["default"] == list(PAPER_VARIANTS)
     common = (SCRIPTS[0].parents[1] / "rules" / "common.smk").read_text()
     assert "from scdpo.names import" in common and "\nVARIANTS = " not in common
+
+
+def test_seed_names_round_trip_and_keep_the_recipe_seed_plain():
+    from scdpo.names import model_label, model_order, seed_of, trained_name, variant_of
+
+    assert trained_name("scdpo", 0, recipe_seed=0) == "scdpo"
+    assert trained_name("dpo_data_equal", 2, recipe_seed=0) == "dpo_data_equal-seed2"
+    for name, seed in (("scdpo", 5), ("step_dpo-seed3", 3)):
+        assert seed_of(name, recipe_seed=5) == seed
+        assert trained_name(variant_of(name), seed, recipe_seed=5) == name
+    assert variant_of("sft") == "sft" and model_label("step_dpo-seed3") == "Step-DPO seed 3"
+    assert model_order("scdpo-seed1") == model_order("scdpo") < model_order("step_dpo")
