@@ -34,7 +34,7 @@ test: setup
 	$(BIN)/ruff format --check src tests benchmarks workflow_scripts
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
-	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks workflow_scripts

@@ -103,8 +103,12 @@ def snakemake_env(cluster: ClusterInfo) -> dict[str, str]:
     return env
 
 
+# `python -m snakemake` with the plugin's status-poll back-off removed (that module's docstring).
+STEADY_POLL = Path(__file__).with_name("snakemake_steady_poll.py")
+
+
 def run_snakemake(args: list[str], cwd: Path, env: dict[str, str], timeout: int):
-    cmd = [sys.executable, "-m", "snakemake", *args]
+    cmd = [sys.executable, str(STEADY_POLL), *args]
     start = time.monotonic()
     try:
         proc = subprocess.run(
