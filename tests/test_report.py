@@ -187,9 +187,10 @@ def test_seeds_are_pooled_into_one_row_with_spread_and_a_test_per_comparison(tmp
     diffs = pd.read_csv(out["differences"]).set_index("comparison")
     assert {"Step-DPO - SFT", "SCDPO - Step-DPO", "SCDPO - SFT"} <= set(diffs.index)
     scdpo_vs_step = diffs.loc["SCDPO - Step-DPO"]
-    assert scdpo_vs_step["seeds"] == "3 / 3" and scdpo_vs_step["test"].startswith("sign-flip")
+    assert scdpo_vs_step["seeds"] == "3 / 3" and scdpo_vs_step["test"].startswith("bootstrap")
     assert scdpo_vs_step["difference"] == pytest.approx(100 * 45 / n)
-    assert scdpo_vs_step["p_value"] < 0.01 and scdpo_vs_step["low"] > 0
+    assert scdpo_vs_step["p_value"] < 0.05 and scdpo_vs_step["low"] > 0
+    assert scdpo_vs_step["p_seeds_fixed"] < 0.01  # these models, seeds fixed
     # Discordant counts are means over seed pairings, not a question counted once per seed.
     assert scdpo_vs_step["model_only_right"] + scdpo_vs_step["baseline_only_right"] <= 60
 

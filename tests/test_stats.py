@@ -133,22 +133,48 @@ def test_seed_spread_widens_the_interval_over_items_alone():
     assert varied.high - varied.low > 2 * (same.high - same.low)
 
 
-def test_sign_flip_test_holds_its_level_and_finds_a_planted_difference():
+def test_seeded_tests_hold_their_level_and_find_a_planted_difference():
     rng = np.random.default_rng(1)
-    null_p = [
+    null = [
         stats.seeded_difference(
             [rng.random(200) < 0.5 for _ in range(3)],
             [rng.random(200) < 0.5 for _ in range(3)],
             n_boot=400,
             seed=i,
-        ).p_value
+        )
         for i in range(60)
     ]
-    assert 0.0 <= np.mean(np.array(null_p) < 0.05) <= 0.15  # about 5% under the null
+    for p_values in ([r.p_value for r in null], [r.p_seeds_fixed for r in null]):
+        assert np.mean(np.array(p_values) < 0.05) <= 0.15  # about 5% under the null
     base = rng.random(300) < 0.5
     better = [base | (rng.random(300) < 0.3) for _ in range(3)]
     planted = stats.seeded_difference([base], better, n_boot=2000)
-    assert planted.p_value < 0.001 and planted.low > 0 and planted.test.startswith("sign-flip")
+    assert planted.p_value < 0.01 and planted.p_seeds_fixed < 0.001 and planted.low > 0
+    assert planted.test == stats.SEEDS_AND_QUESTIONS
+
+
+def test_a_gain_of_one_seed_is_not_a_gain_of_the_method():
+    """One seed of three fixes 90 questions, two fix none: these three models beat the baseline
+    (sign-flip, models fixed), but the seeds disagree, so the interval over seeds and questions
+    spans 0 and its p-value says so too."""
+    rng = np.random.default_rng(2)
+    base = rng.random(600) < 0.5
+    wrong = np.flatnonzero(~base)[:90]
+    lucky = base.copy()
+    lucky[wrong] = True
+    result = stats.seeded_difference([base] * 3, [lucky, base, base], n_boot=4000)
+    assert result.p_seeds_fixed < 0.001
+    assert result.low <= 0 < result.high and result.p_value >= 0.05
+
+
+def test_the_bootstrap_p_value_agrees_with_the_interval():
+    rng = np.random.default_rng(3)
+    for shift in (0.0, 0.04, 0.08, 0.15):
+        a = [rng.random(400) < 0.5 for _ in range(3)]
+        b = [rng.random(400) < 0.5 + shift for _ in range(3)]
+        r = stats.seeded_difference(a, b, n_boot=4000, seed=1)
+        excludes_zero = r.low > 0 or r.high < 0
+        assert excludes_zero == (r.p_value < 0.05) or abs(r.p_value - 0.05) < 0.01, r
 
 
 def test_power_and_sample_size_invert_each_other():

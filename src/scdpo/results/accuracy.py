@@ -4,6 +4,7 @@ each DPO variant against SFT and of SCDPO against both baselines, and the pair c
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def paired_comparisons(
 ) -> pd.DataFrame:
     """Each comparison of COMPARISONS on the same questions: difference (points), its interval,
     p-value and the discordant counts (scdpo.results.stats: exact McNemar with one seed a side,
-    the sign-flip test with the seeds averaged otherwise). Predictions must cover the same ids."""
+    otherwise the bootstrap over seeds and questions, and the sign-flip test of these models). Predictions must cover the same ids."""
     rows = []
     outcomes = by_variant(outcomes)
     for experiment, benchmark in sorted({(e, b) for e, _, b in outcomes}):
@@ -134,6 +135,7 @@ def paired_comparisons(
                     "high": 100 * result.high,
                     "p_value": result.p_value,
                     "test": result.test,
+                    "p_seeds_fixed": result.p_seeds_fixed,
                     "model_only_right": result.n_b_only,
                     "baseline_only_right": result.n_a_only,
                     "discordant": (result.n_a_only + result.n_b_only) / result.n,
@@ -220,6 +222,10 @@ def accuracy_wide(acc: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+def _fmt_p_or_blank(p: float) -> str:
+    return "" if math.isnan(p) else fmt_p(p)
+
+
 def _count(value: float) -> str:
     """A discordant count: whole with one seed a side, a mean over seed pairings otherwise."""
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
@@ -241,6 +247,11 @@ def differences_display(diffs: pd.DataFrame) -> pd.DataFrame:
             ],
             "p": diffs["p_value"].map(fmt_p),
             "test": diffs["test"],
+            **(
+                {"p, these models (sign-flip)": diffs["p_seeds_fixed"].map(_fmt_p_or_blank)}
+                if diffs["p_seeds_fixed"].notna().any()
+                else {}
+            ),
             "only model right / only baseline right": [
                 f"{_count(m)} / {_count(b)}"
                 for m, b in zip(
@@ -283,9 +294,10 @@ def _ci_note(confidence: float, n_boot: int) -> str:
         "Wilson interval when all answers are right or all wrong). Differences are paired on "
         "the same questions: paired-bootstrap interval and exact two-sided McNemar test. A model "
         "trained with several seeds shows the mean over seeds ± their standard deviation; its "
-        "intervals resample seeds and questions, and its tests flip the sign of each question's "
-        "difference of seed-averaged outcomes (Monte Carlo randomisation test; discordant counts "
-        "are means over seed pairings)."
+        "intervals and p-values come from one bootstrap that resamples seeds and questions (a "
+        "difference must hold across seeds); the sign-flip p keeps the trained models fixed "
+        "and flips each question's difference of seed-averaged outcomes (is it these models' "
+        "difference?). Discordant counts are means over seed pairings."
     )
 
 

@@ -7,10 +7,12 @@ the same percentile bootstrap, in O(n_boot) time and memory.
 
 With several training seeds a model is a (seeds x questions) array. Its intervals come from a
 two-level bootstrap that resamples the seeds and the questions (the same questions for both
-models of a comparison), and its test is a sign-flip randomisation test on the per-question
-difference of the seed-averaged outcomes: the question stays the unit, so the seeds are pooled
-without counting a question once per seed. With one seed on each side these reduce to the
-paired bootstrap and the exact McNemar test, which are used then.
+models of a comparison), and a difference's p-value from the same resamples, so that interval
+and test agree: a difference must hold across seeds, not only for the models these seeds gave.
+Beside it, a sign-flip randomisation test on the per-question difference of the seed-averaged
+outcomes asks the narrower question (these trained models, new questions); both keep the
+question as the unit, so pooling seeds never counts a question once per seed. With one seed on
+each side both reduce to the paired bootstrap and the exact McNemar test, which are used then.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ __all__ = [
     "mcnemar_power",
     "mcnemar_sample_size",
     "paired_difference",
+    "bootstrap_p",
     "seeded_accuracy",
     "seeded_difference",
 ]
 
 MCNEMAR = "exact McNemar"
-SIGN_FLIP = "sign-flip over questions, seeds averaged"
+SEEDS_AND_QUESTIONS = "bootstrap over seeds and questions"
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,11 @@ class PairedResult:
     diff: float  # acc_b - acc_a
     low: float  # paired-bootstrap percentile interval of diff
     high: float
-    p_value: float  # two-sided: exact McNemar, or the sign-flip test with several seeds
+    p_value: float  # two-sided: exact McNemar, or with several seeds the two-level bootstrap's
     n_a_only: float  # discordant: a right, b wrong (with seeds: mean over seed pairings)
     n_b_only: float  # discordant: a wrong, b right
     test: str = MCNEMAR
+    p_seeds_fixed: float = math.nan  # with several seeds: sign-flip test, the models as trained
 
 
 def _as_binary(values: Sequence[bool], name: str) -> np.ndarray:
@@ -225,6 +229,15 @@ def seeded_accuracy(
     )
 
 
+def bootstrap_p(differences: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of 0: twice the share of resampled differences on the far
+    side of 0 (each side counting the observed one), at most 1. Below 0.05 exactly when the
+    95% percentile interval excludes 0, up to resampling granularity."""
+    n = differences.size
+    below, above = int((differences <= 0).sum()), int((differences >= 0).sum())
+    return min(1.0, 2 * (min(below, above) + 1) / (n + 1))
+
+
 def sign_flip_test(differences: np.ndarray, n_perm: int, seed: int) -> float:
     """Two-sided randomisation test of mean(differences) = 0, flipping each question's sign
     (Monte Carlo, with the observed labelling counted: p >= 1 / (n_perm + 1))."""
@@ -260,9 +273,10 @@ def seeded_difference(
     mean_a, mean_b = xa.mean(axis=0), xb.mean(axis=0)
     a_only, b_only = float((mean_a * (1 - mean_b)).sum()), float((mean_b * (1 - mean_a)).sum())
     if n == 0:
-        return PairedResult(0, *[math.nan] * 5, 1.0, 0.0, 0.0, SIGN_FLIP)
+        return PairedResult(0, *[math.nan] * 5, 1.0, 0.0, 0.0, SEEDS_AND_QUESTIONS, 1.0)
     boot_a, boot_b = _two_level([xa, xb], n_boot, seed)
-    low, high = _percentiles(boot_b - boot_a, confidence)
+    boot = boot_b - boot_a
+    low, high = _percentiles(boot, confidence)
     return PairedResult(
         n=n,
         acc_a=float(mean_a.mean()),
@@ -270,10 +284,11 @@ def seeded_difference(
         diff=float(mean_b.mean() - mean_a.mean()),
         low=low,
         high=high,
-        p_value=sign_flip_test(mean_b - mean_a, n_boot, seed),
+        p_value=bootstrap_p(boot),
         n_a_only=a_only,
         n_b_only=b_only,
-        test=SIGN_FLIP,
+        test=SEEDS_AND_QUESTIONS,
+        p_seeds_fixed=sign_flip_test(mean_b - mean_a, n_boot, seed),
     )
 
 
