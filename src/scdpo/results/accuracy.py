@@ -105,7 +105,8 @@ def paired_comparisons(
 ) -> pd.DataFrame:
     """Each comparison of COMPARISONS on the same questions: difference (points), its interval,
     p-value and the discordant counts (scdpo.results.stats: exact McNemar with one seed a side,
-    otherwise the bootstrap over seeds and questions, and the sign-flip test of these models). Predictions must cover the same ids."""
+    otherwise the bootstrap over seeds and questions, and the sign-flip test of these models).
+    Predictions must cover the same ids."""
     rows = []
     outcomes = by_variant(outcomes)
     for experiment, benchmark in sorted({(e, b) for e, _, b in outcomes}):
