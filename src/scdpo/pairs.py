@@ -121,7 +121,7 @@ def step_level_pairs(generated: list[dict], system: str) -> list[dict]:
     continuation can go wrong later), which makes the pair noise, not signal (docs/variants.md).
     Pairs whose two steps are the same text teach nothing and are left out.
     """
-    pairs = []
+    pairs, same_step = [], 0
     for question in generated:
         chosen = _blocks({"blocks": question["chosen"]})
         for negative in question["negatives"]:
@@ -130,6 +130,7 @@ def step_level_pairs(generated: list[dict], system: str) -> list[dict]:
             good = _render_step(first_step(good_rest), good_rest)
             bad = _render_step(first_step(bad_rest), bad_rest)
             if good == bad:
+                same_step += 1
                 continue
             pairs.append(
                 {
@@ -143,6 +144,12 @@ def step_level_pairs(generated: list[dict], system: str) -> list[dict]:
                     "rejected": bad,
                 }
             )
+    log.info(
+        "step-level pairs: %d; %d wrong continuations left out, their first step being the "
+        "correct one",
+        len(pairs),
+        same_step,
+    )
     return pairs
 
 
