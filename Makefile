@@ -7,9 +7,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
-# Two pytest workers: the micro run and the SLURM runs wait on jobs and polls, the other worker
-# fills those cores with the unit tests (tests/conftest.py keeps shared fixtures on one worker).
-TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint dry-run report clean profiles
 
@@ -34,7 +31,7 @@ test: setup
 	$(BIN)/ruff format --check src tests benchmarks workflow_scripts
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
-	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/pytest -ra --durations=15
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks workflow_scripts

@@ -10,28 +10,6 @@ BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
 MICRO = REPO / "config" / "micro.yaml"
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs two pytest-xdist workers with `--dist loadgroup`. The workflow runs go to
-    one worker, first: the micro run is a session fixture (one per worker), the paper-shaped
-    SLURM run builds on it, and one local SLURM cluster at a time keeps the two SLURM runs apart;
-    that chain is the suite's longest. Every other module stays on one worker, so that its module
-    fixtures run once; the other worker works through those while the chain runs. Without xdist
-    the marks do nothing and only the order changes."""
-    for item in items:
-        group = WORKFLOW_RUNS if _in_chain(item) else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: not _in_chain(item))  # stable: modules keep their order
-
-
-WORKFLOW_RUNS = "workflow_runs"
-
-
-def _in_chain(item) -> bool:
-    names = getattr(item, "fixturenames", ())
-    return "micro_run" in names or "slurm_cluster" in names
-
-
 @pytest.fixture(scope="session")
 def benchmarks_dir() -> Path:
     if not BENCHMARKS.is_dir():
