@@ -79,9 +79,6 @@ for _exp, _spec in config["experiments"].items():
             raise ValueError(
                 f"experiments.{_exp}.benchmarks: '{_name}' is not a key of the top-level 'benchmarks'"
             )
-
-
-for _exp, _spec in config["experiments"].items():
     if "seeds" in _spec["sft"]:
         raise ValueError(
             f"experiments.{_exp}.sft.seeds: seeds repeat DPO trainings only (dpo.seeds)"
