@@ -14,7 +14,14 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+# Seconds of CPU each, no GPU: on a cluster they run beside Snakemake (the login node) instead of
+# waiting in the queue longer than they run; the problem and benchmark rules also fetch datasets
+# from the hub there, which compute nodes often cannot reach.
 localrules:
+    problems_prepare,
+    benchmark_prepare,
+    sft_data,
+    pairs_build,
     solutions_merge,
     negatives_merge,
     table_accuracy,

@@ -518,18 +518,25 @@ class NodeSpec:
     gpus: int
 
 
+# Jobs of the profile's largest size the node holds at once: more than any test's --jobs, so
+# that SLURM never holds a job back and --jobs alone sets how many run side by side (as with the
+# local executor), two 4-GPU trainings included.
+JOBS_PER_NODE = 8
+
+
 def node_for_profile(
     profile_yaml: str | os.PathLike,
     *,
     min_cpus: int = 64,
     min_mem_mb: int = 512_000,
     min_gpus: int = 4,
+    jobs: int = JOBS_PER_NODE,
 ) -> NodeSpec:
-    """A (virtual) node big enough for every request in a Snakemake profile.
+    """A (virtual) node that holds `jobs` of the largest request in a Snakemake profile at once.
 
     Takes the largest gpu (or gres gpu:N), cpus (gpu x cpus_per_gpu, or cpus_per_task) and mem_mb
-    over default-resources and set-resources, and never goes below a typical
-    4-GPU node (so rules' own resources and threads fit as well).
+    over default-resources and set-resources, never below a typical 4-GPU node (so rules' own
+    resources and threads fit as well), and multiplies each by `jobs`.
     """
     import yaml
 
@@ -549,7 +556,7 @@ def node_for_profile(
         mem_mb = res.get("mem_mb")
         if isinstance(mem_mb, int):  # expressions (strings) cannot be sized here
             mem = max(mem, mem_mb)
-    return NodeSpec(cpus=cpus, real_memory_mb=mem, gpus=gpus)
+    return NodeSpec(cpus=cpus * jobs, real_memory_mb=mem * jobs, gpus=gpus * jobs)
 
 
 # --------------------------------------------------------------------------- fixture

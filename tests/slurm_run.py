@@ -13,7 +13,7 @@
 - a dry-run afterwards has nothing left to do.
 
 Used by tests/test_slurm.py (a toy workflow) and tests/test_paper_shaped.py (the pipeline on the
-paper-shaped config: every stage of it as a SLURM job).
+paper-shaped config: every compute stage of it as a SLURM job).
 """
 
 from __future__ import annotations
@@ -126,6 +126,12 @@ def run_snakemake(args: list[str], cwd: Path, env: dict[str, str], timeout: int)
 def finished_jobs(output: str) -> dict[str, str]:
     """Snakemake job id -> rule, for every job Snakemake reports as finished."""
     return dict(re.findall(r"^Finished jobid: (\d+) \(Rule: (\w+)\)", output, flags=re.M))
+
+
+def submitted_rules(output: str) -> set[str]:
+    """Rules of the jobs Snakemake submitted to SLURM."""
+    done = finished_jobs(output)
+    return {done[m["job"]] for m in SUBMITTED.finditer(output) if m["job"] in done}
 
 
 def local_rules(output: str) -> set[str]:
