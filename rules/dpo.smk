@@ -30,3 +30,4 @@ rule dpo_train:
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
         " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.trained}"
         " --launcher '{params.launcher}' > {log} 2>&1"
+        " || {{ code=$?; cp {log} {log}.failed-$(date +%Y%m%dT%H%M%S); exit $code; }}"

@@ -52,3 +52,4 @@ rule sft_train:
         " --out {output} --recipe '{params.recipe}' --threads {threads}"
         " --checkpoint-dir results/{wildcards.exp}/checkpoints/sft"
         " --launcher '{params.launcher}' > {log} 2>&1"
+        " || {{ code=$?; cp {log} {log}.failed-$(date +%Y%m%dT%H%M%S); exit $code; }}"
