@@ -24,7 +24,8 @@ rule dpo_train:
         python=PYTHON,
         cli=TRAIN_CLI,
         launcher=launcher("dpo"),
-    # Resumable like sft_train: checkpoints outside {output}, launcher started by the CLI.
+    # Resumable like sft_train: checkpoints outside {output}, launcher started by the CLI, a
+    # failed attempt's log kept.
     shell:
         "{params.python} {params.cli} dpo --model {input.model} --data {input.train}"
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"

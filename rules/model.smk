@@ -46,7 +46,8 @@ rule sft_train:
         launcher=launcher("sft"),
     # Checkpoints live outside {output} (deleted on failure): a re-run, or SLURM's retry after
     # the time limit or a preemption, resumes there. The CLI starts the launcher itself, on a free
-    # rendezvous port, and exits 75 after saving on a stop signal (docs/slurm.md).
+    # rendezvous port, and exits 75 after saving on a stop signal (docs/slurm.md). Snakemake deletes
+    # the log before a retry, so a failed attempt first copies it to <log>.failed-<time>.
     shell:
         "{params.python} {params.cli} sft --model {input.model} --data {input.data}"
         " --out {output} --recipe '{params.recipe}' --threads {threads}"

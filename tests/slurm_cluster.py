@@ -530,13 +530,12 @@ def node_for_profile(
     min_cpus: int = 64,
     min_mem_mb: int = 512_000,
     min_gpus: int = 4,
-    jobs: int = JOBS_PER_NODE,
 ) -> NodeSpec:
-    """A (virtual) node that holds `jobs` of the largest request in a Snakemake profile at once.
+    """A (virtual) node that holds JOBS_PER_NODE of the largest request in a Snakemake profile.
 
     Takes the largest gpu (or gres gpu:N), cpus (gpu x cpus_per_gpu, or cpus_per_task) and mem_mb
     over default-resources and set-resources, never below a typical 4-GPU node (so rules' own
-    resources and threads fit as well), and multiplies each by `jobs`.
+    resources and threads fit as well), and multiplies each by JOBS_PER_NODE.
     """
     import yaml
 
@@ -556,7 +555,11 @@ def node_for_profile(
         mem_mb = res.get("mem_mb")
         if isinstance(mem_mb, int):  # expressions (strings) cannot be sized here
             mem = max(mem, mem_mb)
-    return NodeSpec(cpus=cpus * jobs, real_memory_mb=mem * jobs, gpus=gpus * jobs)
+    return NodeSpec(
+        cpus=cpus * JOBS_PER_NODE,
+        real_memory_mb=mem * JOBS_PER_NODE,
+        gpus=gpus * JOBS_PER_NODE,
+    )
 
 
 # --------------------------------------------------------------------------- fixture

@@ -86,10 +86,15 @@ SUBMITTED = re.compile(
 )
 
 
+def slurm_profile() -> dict:
+    """profiles/slurm/config.yaml, parsed."""
+    return yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+
+
 def one_thread_each() -> list[str]:
     """The GPU rules' 8 threads (profile: a GPU node's CPUs) would thrash the test machine's 2
     cores: one each instead (replaces the profile's set-threads)."""
-    profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+    profile = slurm_profile()
     return ["--set-threads", *(f"{rule}=1" for rule in profile.get("set-threads") or {})]
 
 
@@ -143,7 +148,7 @@ def local_rules(output: str) -> set[str]:
 
 def profile_gpus() -> dict[str, str]:
     """Rule -> the GPU request SLURM must show: `gpu: N` per job, `gres: gpu:N` per node."""
-    profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+    profile = slurm_profile()
     requests = {}
     for rule, res in (profile.get("set-resources") or {}).items():
         if res.get("gpu"):
@@ -203,7 +208,7 @@ def run_through_slurm(
 def failed_attempts(submitted: dict[str, re.Match], finished: dict[str, dict]) -> set[str]:
     """SLURM ids of the attempts that failed before a resubmission of the same Snakemake job
     COMPLETED; fails the test if a job never completed or was retried beyond restart-times."""
-    profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+    profile = slurm_profile()
     attempts: dict[str, list[str]] = {}
     for slurm_id in sorted(submitted, key=int):
         attempts.setdefault(submitted[slurm_id]["job"], []).append(slurm_id)
