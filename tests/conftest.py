@@ -3,11 +3,33 @@ import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from workflow_run import snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
 MICRO = REPO / "config" / "micro.yaml"
+
+# `make test` runs pytest-xdist (`-n auto --dist loadgroup`). A group runs on one worker, so each
+# module's fixtures are built once; the micro run's consumers form one group, as they write into
+# its directory. The paper-shaped module (the longest chain) is queued first, the micro run's
+# other consumers last, by which time the paper-shaped worker has finished the micro run.
+FIRST_GROUP = "test_paper_shaped"
+MICRO_GROUP = "micro_run"
+
+
+def _group(item: pytest.Item) -> str:
+    module = item.path.stem
+    if module != FIRST_GROUP and "micro_run" in item.fixturenames:
+        return MICRO_GROUP
+    return module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {FIRST_GROUP: 0, MICRO_GROUP: 2}
+    items.sort(key=lambda item: rank.get(_group(item), 1))  # stable: collection order within
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +48,34 @@ def _quiet_threads():
     torch.set_num_threads(1)
 
 
+def _session_dir(tmp_path_factory) -> Path:
+    """A folder of this session shared by every xdist worker, at the depth of `mktemp` folders
+    (the training rules' params hold the interpreter's path relative to the run)."""
+    base = tmp_path_factory.getbasetemp()
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return base
+    shared = base.parent / "shared"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
 # Here, not in a test module: a session fixture imported into two modules runs once per module.
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> Path:
-    """One completed run of config/micro.yaml, shared by the content, re-run and report tests."""
-    workdir = tmp_path_factory.mktemp("micro")
-    shutil.copy(MICRO, workdir / "micro.yaml")
-    result = snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "micro.yaml"))
-    assert result.returncode == 0, result.output[-6000:]
+    """One completed run of config/micro.yaml, shared by the content, re-run and report tests:
+    the first worker to ask runs it, the others wait for it (or for its failure)."""
+    root = _session_dir(tmp_path_factory)
+    workdir, complete, failure = root / "micro", root / "micro.complete", root / "micro.failed"
+    with FileLock(root / "micro.lock"):
+        if failure.exists():
+            pytest.fail(f"the micro run failed on another worker:\n{failure.read_text()}")
+        if not complete.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            shutil.copy(MICRO, workdir / "micro.yaml")
+            result = snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "micro.yaml"))
+            if result.returncode != 0:
+                failure.write_text(result.output[-6000:])
+            assert result.returncode == 0, result.output[-6000:]
+            complete.touch()
     return workdir

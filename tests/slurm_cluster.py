@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
@@ -137,6 +138,14 @@ def ensure_slurm_installed() -> None:
 
     Raises SlurmUnavailable (with the reason) when they cannot be installed.
     """
+    if not _missing_executables():
+        return
+    # Two test workers may get here at once; apt-get allows one at a time.
+    with FileLock(Path(tempfile.gettempdir()) / "scdpo-slurm-apt.lock"):
+        _apt_get_install()
+
+
+def _apt_get_install() -> None:
     missing = _missing_executables()
     if not missing:
         return
