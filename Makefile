@@ -31,7 +31,7 @@ test: setup
 	$(BIN)/ruff format --check src tests benchmarks workflow_scripts
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
-	$(BIN)/pytest -ra --durations=15 -n auto --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest -ra --durations=15 -n auto --dist loadscope
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks workflow_scripts

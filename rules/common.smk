@@ -33,8 +33,12 @@ from scdpo.names import (
 # Snakemake's own default filling would leak defaults across the branches of a oneOf (a jsonl
 # source's keys into a synthetic one); fill_defaults picks the branch first.
 validate(config, schema="../config/schema.yaml", set_default=False)
+# libyaml's loader where PyYAML has it: every SLURM job starts Snakemake twice, and this schema
+# is the largest file it parses.
 with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as _schema:
-    fill_defaults(config, yaml.safe_load(_schema))
+    fill_defaults(
+        config, yaml.load(_schema, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    )
 # Every param below is cut from this config: written one way, equal values give equal params.
 config.update(canonical(config))
 

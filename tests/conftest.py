@@ -10,26 +10,39 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
 MICRO = REPO / "config" / "micro.yaml"
 
-# `make test` runs pytest-xdist (`-n auto --dist loadgroup`). A group runs on one worker, so each
-# module's fixtures are built once; the micro run's consumers form one group, as they write into
-# its directory. The paper-shaped module (the longest chain) is queued first, the micro run's
-# other consumers last, by which time the paper-shaped worker has finished the micro run.
+# `make test` runs pytest-xdist (`-n auto --dist loadscope`), grouped by this file's scheduler: a
+# group runs on one worker, so a module's fixtures are built once. A group is a module, except that
+# the modules using the micro run (they write into its folder) form one group. The paper-shaped
+# module (the longest chain) is queued first, the micro run's modules last, by which time the
+# paper-shaped worker has finished the micro run they share (`micro_run`).
 FIRST_GROUP = "test_paper_shaped"
 MICRO_GROUP = "micro_run"
+MICRO_MODULES = {"test_workflow_e2e", "test_report_e2e", "test_readme"}
 
 
-def _group(item: pytest.Item) -> str:
-    module = item.path.stem
-    if module != FIRST_GROUP and "micro_run" in item.fixturenames:
-        return MICRO_GROUP
-    return module
+def _group(nodeid: str) -> str:
+    module = Path(nodeid.split("::", 1)[0]).stem
+    return MICRO_GROUP if module in MICRO_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    config.option.loadscopereorder = False  # the queue keeps the order set below
+    return ByGroup(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+        module = item.path.stem
+        if "micro_run" in item.fixturenames and module not in MICRO_MODULES | {FIRST_GROUP}:
+            raise pytest.UsageError(f"{item.nodeid} uses micro_run: add {module} to MICRO_MODULES")
     rank = {FIRST_GROUP: 0, MICRO_GROUP: 2}
-    items.sort(key=lambda item: rank.get(_group(item), 1))  # stable: collection order within
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), 1))  # stable: collection order within
 
 
 @pytest.fixture(scope="session")
