@@ -78,14 +78,14 @@ PAPER_SHAPED = WorkflowUnderTest(
 
 @pytest.fixture(scope="module")
 def paper_shaped_slurm(
-    micro_run: Path,
+    micro_sft: Path,
     slurm_cluster: ClusterInfo,  # noqa: F811
     tmp_path_factory,
 ) -> SlurmRun:
     """The workflow copied, the paper-shaped workspace built into the copy, run via SLURM."""
     workdir = tmp_path_factory.mktemp("paper_shaped") / "workflow"
     copy_workflow(PAPER_SHAPED, workdir)
-    build(workdir, micro_run / "results" / "micro" / "models" / "sft")
+    build(workdir, micro_sft)
     return run_through_slurm(PAPER_SHAPED, slurm_cluster, workdir, OFFLINE)
 
 
