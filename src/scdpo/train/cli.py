@@ -203,6 +203,13 @@ def _resume_point(trainer, store: CheckpointStore) -> Path | None:
     return resume
 
 
+def _ended(trainer, code: int) -> int:
+    """`code`, once the process group is destroyed: left to the interpreter's exit, gloo's threads
+    can abort a rank ("terminate called without an active exception") after the work is done."""
+    trainer.accelerator.end_training()
+    return code
+
+
 def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
     """Train, resuming the newest complete checkpoint of this exact run; 0, or EXIT_RESUMABLE
     when a signal stopped it after a checkpoint."""
@@ -222,7 +229,7 @@ def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
     overhead = _log_overhead(callback)
     if callback.stopped:
         log.warning("stopped by a signal at step %d; re-run to resume", trainer.state.global_step)
-        return EXIT_RESUMABLE
+        return _ended(trainer, EXIT_RESUMABLE)
     facts = {**_facts(stage, data, result, resume), **_parallelism(trainer), **overhead}
     if stage == "dpo" and data["eval"]:
         facts["eval"] = trainer.evaluate()
@@ -230,7 +237,7 @@ def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
         store.remove_all()  # the output is complete
-    return 0
+    return _ended(trainer, 0)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
