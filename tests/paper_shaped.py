@@ -122,8 +122,8 @@ def write_datasets(workdir: Path, scale: dict) -> None:
         workdir / "EleutherAI" / "hendrycks_math",
         {
             subject: {
-                "train": math_rows(_problems(scale["math_per_subject"], 21 + i), subject),
-                "test": math_rows(_problems(scale["math_per_subject"], 41 + i), subject),
+                "train": math_rows(_problems(scale["math_train_per_subject"], 21 + i), subject),
+                "test": math_rows(_problems(scale["math_test_per_subject"], 41 + i), subject),
             }
             for i, subject in enumerate(SUBJECTS)
         },
@@ -241,8 +241,15 @@ def write_internlm2(mistral_dir: Path, out_dir: Path) -> None:
 
 # --- the config: paper.yaml, scale changed -------------------------------------------------------
 
-# Workspace sizes: questions per dataset split, per MATH subject, SFT solutions.
-WORKSPACE = {"train_questions": 24, "test_questions": 6, "math_per_subject": 3, "sft_examples": 200}
+# Workspace sizes: questions per training and test split, per MATH subject and split, SFT
+# solutions. Training questions decide how many pairs sampling finds; test questions only cost.
+WORKSPACE = {
+    "train_questions": 24,
+    "test_questions": 4,
+    "math_train_per_subject": 3,
+    "math_test_per_subject": 2,
+    "sft_examples": 200,
+}
 
 # Per experiment: paper.yaml's values replaced (merged one level deep); nothing else changes.
 PAPER_SCALE = {
@@ -257,7 +264,7 @@ PAPER_SCALE = {
     "step_control": {"max_tries": 4, "max_pairs": 2, "shards": 2},
     # One node: the test cluster has one (InternLM2 trains on 4 in paper.yaml).
     "sft": {"max_steps": 6, "max_length": 256, "nodes": 1},
-    "dpo": {"max_steps": 2, "max_length": 384, "nodes": 1},
+    "dpo": {"max_steps": 1, "max_length": 384, "nodes": 1},
 }
 REPORT_SCALE = {
     "bootstrap_samples": 1000,

@@ -17,7 +17,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from paper_shaped import KEPT_EXPERIMENTS, PAPER, PAPER_SCALE, SUBJECTS, build, paper_shaped_config
+from paper_shaped import (
+    KEPT_EXPERIMENTS,
+    PAPER,
+    PAPER_SCALE,
+    SUBJECTS,
+    WORKSPACE,
+    build,
+    paper_shaped_config,
+)
 from slurm_cluster import ClusterInfo, slurm_cluster  # noqa: F401 (fixture)
 from slurm_run import (
     REPO,
@@ -110,8 +118,9 @@ def test_the_accuracy_table_has_every_model_on_every_benchmark(paper_shaped_run)
         assert set(rows["model"]) == {model_label(m) for m in TRAINED}, rows
         for benchmark in experiment["benchmarks"]:
             assert rows[benchmark].between(0, 100).all(), (name, benchmark)
-        # Full test sets: 6 questions per file, 3 per MATH subject.
-        assert (rows["gsm8k n"] == 6).all() and (rows["math n"] == 3 * len(SUBJECTS)).all()
+        # Full test sets: every question of a file, of every MATH subject.
+        assert (rows["gsm8k n"] == WORKSPACE["test_questions"]).all()
+        assert (rows["math n"] == WORKSPACE["math_test_per_subject"] * len(SUBJECTS)).all()
         assert (rows.loc[rows["model"] != "SFT", "pairs"] > 0).all(), rows
 
 

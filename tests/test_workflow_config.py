@@ -42,9 +42,23 @@ def dry_run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.fixture(scope="module")
+def shipped_plan(tmp_path_factory):
+    """The dry-run of a shipped config (its path from the checkout), once for this module."""
+    plans: dict[str, subprocess.CompletedProcess] = {}
+
+    def plan(configfile: str) -> subprocess.CompletedProcess:
+        if configfile not in plans:
+            workdir = tmp_path_factory.mktemp("plan")
+            plans[configfile] = dry_run("--configfile", str(REPO / configfile), cwd=workdir)
+        return plans[configfile]
+
+    return plan
+
+
 @pytest.mark.parametrize("configfile", CONFIGS)
-def test_every_shipped_config_dry_runs_every_stage(configfile, tmp_path):
-    result = dry_run("--configfile", str(REPO / configfile), cwd=tmp_path)
+def test_every_shipped_config_dry_runs_every_stage(configfile, shipped_plan):
+    result = shipped_plan(configfile)
     assert result.returncode == 0, result.output[-3000:]
     for stage in STAGES:
         assert f"rule {stage}:" in result.output or f"localrule {stage}:" in result.output, stage
@@ -81,13 +95,13 @@ def test_unknown_benchmark_name_is_reported(tmp_path):
     assert "gsm9k" in result.output
 
 
-def test_the_cost_table_reads_the_benchmark_file_of_every_planned_job(tmp_path):
+def test_the_cost_table_reads_the_benchmark_file_of_every_planned_job(shipped_plan):
     """table_cost's inputs are exactly the benchmark: files of the jobs the run plans."""
     import re
 
     from workflow_run import planned_jobs
 
-    result = dry_run("--configfile", str(REPO / "config" / "micro.yaml"), cwd=tmp_path)
+    result = shipped_plan("config/micro.yaml")
     assert result.returncode == 0, result.stdout[-3000:]
     job = result.stdout.split("rule table_cost:", 1)[1].split("output:", 1)[0]
     files = re.findall(r"logs/benchmarks/([a-z_]+)/\S+\.tsv", job)
@@ -100,14 +114,14 @@ def test_the_cost_table_reads_the_benchmark_file_of_every_planned_job(tmp_path):
     }
 
 
-def test_paper_config_plans_tables_1_and_2_with_one_gpu_count_per_generation_job(tmp_path):
+def test_paper_config_plans_tables_1_and_2_with_one_gpu_count_per_generation_job(shipped_plan):
     """Every experiment of paper Tables 1 and 2; a generation job asks for as many GPUs as its
     vLLM engine's tensor-parallel size, the one place that number is set."""
     import re
 
     from workflow_run import planned_jobs
 
-    result = dry_run("--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
+    result = shipped_plan("config/paper.yaml")
     assert result.returncode == 0, result.stdout[-3000:]
     experiments = {
         "mistral_7b_ours",
@@ -131,7 +145,7 @@ def test_paper_config_plans_tables_1_and_2_with_one_gpu_count_per_generation_job
     assert planned_jobs(result.stdout)["sft_train"] == 4
 
 
-def test_internlm2_training_is_submitted_on_four_nodes_with_four_gpus_each(tmp_path):
+def test_internlm2_training_is_submitted_on_four_nodes_with_four_gpus_each(shipped_plan):
     """The sbatch line the SLURM plugin builds for InternLM2's SFT job: the rule's resources from
     a dry-run of config/paper.yaml, the profile's set-resources on top (docs/slurm.md)."""
     import re
@@ -140,7 +154,7 @@ def test_internlm2_training_is_submitted_on_four_nodes_with_four_gpus_each(tmp_p
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-    result = dry_run("--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
+    result = shipped_plan("config/paper.yaml")
     assert result.returncode == 0, result.stdout[-3000:]
     (job,) = [
         j
