@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 from fakes import source
+from paper_shaped import write_hub_dataset
 
 from scdpo.grading import grade
 from scdpo.jsonl import DataError
@@ -109,6 +111,30 @@ def test_hf_loader_reads_a_local_dataset_directory(tmp_path):
         source({"source": "hf", "id": str(tmp_path), "split": "test", "answer_format": "gsm8k"})
     )
     assert [p["answer"] for p in problems] == ["4", "9"]
+
+
+def test_hf_loader_reads_each_local_directory_afresh(tmp_path):
+    """Two run folders' `openai/gsm8k`, then new files at the first one's path: each load gives
+    the files' own rows (`datasets` would cache them under the base name `gsm8k` alone)."""
+
+    pytest.importorskip("datasets")
+
+    def write(directory: Path, answers: list[str]) -> None:
+        rows = [{"question": f"Q{a}?", "answer": f"#### {a}"} for a in answers]
+        write_hub_dataset(directory, {"main": {"test": rows}})  # as openai/gsm8k: config main
+
+    def answers(directory: Path) -> list[str]:
+        block = {"source": "hf", "id": str(directory), "name": "main", "split": "test"}
+        block["answer_format"] = "gsm8k"
+        return [p["answer"] for p in load_problems(source(block))]
+
+    first, second = tmp_path / "run1" / "gsm8k", tmp_path / "run2" / "gsm8k"
+    write(first, ["1", "2", "3"])
+    write(second, ["4", "5"])
+    assert answers(first) == ["1", "2", "3"]
+    assert answers(second) == ["4", "5"]
+    write(first, ["6"])
+    assert answers(first) == ["6"]
 
 
 def test_hf_loader_reads_several_configurations_laid_out_like_the_hub(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import tempfile
 from pathlib import Path
 
 from scdpo.jsonl import DataError, read_jsonl, require, write_jsonl
@@ -170,6 +171,19 @@ def load_jsonl_problems(
     return problems
 
 
+def _hf_rows(dataset_id: str, name: str | None, split: str):
+    """One split of a hub dataset, or of a local directory read afresh: `datasets` caches a
+    local directory under its base name and configuration alone, so another directory of that
+    name (`openai/gsm8k` in another run folder), or new files at the same path, would come back
+    as the first one's rows."""
+    import datasets
+
+    if not Path(dataset_id).is_dir():
+        return datasets.load_dataset(dataset_id, name, split=split)
+    with tempfile.TemporaryDirectory(prefix="scdpo-dataset-") as cache:
+        return list(datasets.load_dataset(dataset_id, name, split=split, cache_dir=cache))
+
+
 def load_hf_problems(
     dataset_id: str,
     split: str,
@@ -186,11 +200,9 @@ def load_hf_problems(
     loaded one after the other; ids then read `<configuration>/<row>`. In the cot format, the
     `solution_key` column is an SFT reference solution (steps split on blank lines).
     """
-    import datasets
-
     problems = []
     for name in names if isinstance(names, list) else [names]:
-        rows = datasets.load_dataset(dataset_id, name, split=split)
+        rows = _hf_rows(dataset_id, name, split)
         prefix = f"{name}/" if isinstance(names, list) else ""
         for index, row in enumerate(rows):
             where = f"{dataset_id}[{name or ''}:{split}] row {index}"
