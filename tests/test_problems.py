@@ -116,7 +116,6 @@ def test_hf_loader_reads_a_local_dataset_directory(tmp_path):
 def test_hf_loader_reads_each_local_directory_afresh(tmp_path):
     """Two run folders' `openai/gsm8k`, then new files at the first one's path: each load gives
     the files' own rows (`datasets` would cache them under the base name `gsm8k` alone)."""
-
     pytest.importorskip("datasets")
 
     def write(directory: Path, answers: list[str]) -> None:
@@ -125,8 +124,7 @@ def test_hf_loader_reads_each_local_directory_afresh(tmp_path):
 
     def answers(directory: Path) -> list[str]:
         block = {"source": "hf", "id": str(directory), "name": "main", "split": "test"}
-        block["answer_format"] = "gsm8k"
-        return [p["answer"] for p in load_problems(source(block))]
+        return [p["answer"] for p in load_problems(source(block | {"answer_format": "gsm8k"}))]
 
     first, second = tmp_path / "run1" / "gsm8k", tmp_path / "run2" / "gsm8k"
     write(first, ["1", "2", "3"])
