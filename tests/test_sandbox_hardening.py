@@ -328,7 +328,7 @@ def test_truncation_counts_characters_and_keeps_the_error_line(attack) -> None:
 def test_compose_is_exact() -> None:
     """What the note says was left out is exactly what is missing."""
     full = "o" * 1500 + "Traceback\n" + "t" * 900 + "\nValueError: boom"
-    result = _confine.clip(full[1500:], True, 1, 2000)
+    result = _confine.clip(full[1500:], "ValueError: boom", 1, 2000)
     text = _watch.compose("o" * 1500, 0, result, 2000)
     head, rest = text.split("\n... [output truncated: ")
     omitted = int(rest.split(" ")[0])

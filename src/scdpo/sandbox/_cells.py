@@ -1,4 +1,4 @@
-"""Sandbox worker, part 1 of 6 (bundled by _pool.worker_source): the frames on the pipes and
+"""Sandbox worker, part 1 of 7 (bundled by _pool.worker_source): the frames on the pipes and
 the notebook-cell semantics of a child: shared namespace, outputs, Jupyter-style tracebacks."""
 
 import ast
@@ -130,18 +130,22 @@ def collapse(frames: list[traceback.FrameSummary]) -> list[str]:
     return out
 
 
-def format_error(exc: BaseException) -> str:
-    """The traceback text a Jupyter client shows (its traceback entries joined by newlines)."""
+def format_error(exc: BaseException) -> tuple[str, str]:
+    """The traceback text a Jupyter client shows (its traceback entries joined by newlines),
+    and its last part: `ErrorName: message`, which may span several lines."""
     name = type(exc).__name__
     if isinstance(exc, SystemExit):
-        return EXIT_HINT + "\n" + traceback.format_exception_only(exc)[-1]
+        tail = traceback.format_exception_only(exc)[-1].rstrip("\n")
+        return EXIT_HINT + "\n" + tail + "\n", tail
     if isinstance(exc, SyntaxError):
         text = "".join(traceback.format_exception_only(exc))
         cell = cell_name(exc.filename or "")
-        return text.replace(f'File "{exc.filename}"', cell) if cell else text
+        text = text.replace(f'File "{exc.filename}"', cell) if cell else text
+        return text, text.rstrip("\n").rsplit("\n", 1)[-1]
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != SELF]
     parts = [DASHES, f"{name:<42}Traceback (most recent call last)", *collapse(frames)]
-    return "\n".join(parts) + f"\n{name}: {safe_str(exc)}"
+    tail = f"{name}: {safe_str(exc)}"
+    return "\n".join(parts) + "\n" + tail, tail
 
 
 def safe_str(exc: BaseException) -> str:
@@ -151,8 +155,9 @@ def safe_str(exc: BaseException) -> str:
         return "<exception str() failed>"
 
 
-def run_cell(src: str, ns: dict, number: int) -> tuple[str, bool]:
-    """Execute one block in `ns`; return the displayed value or the error text, and which."""
+def run_cell(src: str, ns: dict, number: int) -> tuple[str, str]:
+    """Execute one block in `ns`; return the displayed value or the error text, and for an
+    error its last part (`ErrorName: message`; "" when there was no error)."""
     filename = f"<cell {number}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     try:
@@ -162,14 +167,15 @@ def run_cell(src: str, ns: dict, number: int) -> tuple[str, bool]:
             last = ast.Expression(tree.body.pop().value)
         exec(compile(tree, filename, "exec"), ns)
         if last is None:
-            return "", False
+            return "", ""
         value = eval(compile(last, filename, "eval"), ns)
         if value is None or is_quiet(src):
-            return "", False
+            return "", ""
         ns["_"] = value
-        return format_value(value), False
+        return format_value(value), ""
     except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt are cell errors too
         try:
-            return format_error(exc), True
+            return format_error(exc)
         except BaseException as inner:  # noqa: B036 - e.g. a traceback too deep to format
-            return f"{type(exc).__name__}: <traceback could not be formatted: {inner!r}>", True
+            text = f"{type(exc).__name__}: <traceback could not be formatted: {inner!r}>"
+            return text, text

@@ -1,52 +1,68 @@
-"""Sandbox worker, part 2 of 6: a child's confinement before it runs code: fresh mounts, the
-seccomp filter, limits, seeds, matplotlib; then the child's main loop over its blocks."""
+"""Sandbox worker, part 3 of 7: a child's confinement before it runs code: its own namespaces
+(mounts, network, devpts), uid, limits and filter, seeds, matplotlib; then the child's main
+loop over its blocks."""
 
 import builtins
-import ctypes
 import fcntl
+import gc
 import io
 import os
 import resource
 import shutil
 import signal
+import socket
 import struct
 import sys
+import types
 
 from ._cells import ACK_FD, CONTROL_FD, run_cell, write_frame
+from ._seccomp import LIBC, check, install_seccomp
 
 # ---------------------------------------------------------------- child: process setup
 
-CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 TMP_INODES = 16384  # files per tmpfs: a flood of empty files stops here, and so does its cleanup
 MPL_CONFIG = "/var/cache/matplotlib"  # MPLCONFIGDIR: a per-solution tmpfs, out of /tmp's listing
-LIBC = ctypes.CDLL(None, use_errno=True)
+# ptys a solution may hold: the host's pool (kernel.pty.max) is shared by every devpts.
+DEVPTS_MAX = 16
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+NAMESPACE_FEATURES = ("private_mounts", "private_net", "private_pts")
 
 
-def check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+def fresh_namespaces(s: dict) -> None:
+    """Enter new namespaces, so nothing of an earlier solution is visible.
 
-
-def fresh_mounts(s: dict) -> None:
-    """Enter a new mount namespace with an empty /tmp and /dev/shm.
-
-    Nothing an earlier solution left (files, a chmod-000 directory, SysV or POSIX IPC objects)
-    is visible, and dropping the old ones is the kernel's work at exit, not a walk in our time.
-    The venv's path, when it lives under /tmp, is bound back from the worker's own /tmp.
+    Mounts: an empty /tmp, /dev/shm and matplotlib directory (files, a chmod-000 directory,
+    POSIX IPC objects are gone, dropped by the kernel at exit, not walked in our time) and a
+    devpts of its own with at most DEVPTS_MAX ptys. Network: a loopback of its own (no
+    TIME_WAIT ports, counters or abstract sockets of the last solution).
     """
     # SysV IPC and message queues: the seccomp filter denies them; without it, a new IPC
     # namespace per child is the equivalent (it costs the kernel more, so only then).
-    ipc = 0 if s["seccomp"] else CLONE_NEWIPC
-    check(LIBC.unshare(CLONE_NEWNS | ipc), "unshare")
+    flags = CLONE_NEWNET if s["private_net"] else 0
+    if s["private_mounts"]:
+        flags |= CLONE_NEWNS | (0 if s["seccomp"] else CLONE_NEWIPC)
+    if flags:
+        check(LIBC.unshare(flags), "unshare")
+    if s["private_mounts"]:
+        fresh_mounts(s)
+    if s["private_net"]:
+        loopback_up()
+
+
+def fresh_mounts(s: dict) -> None:
+    """The new mount namespace's tmpfs and devpts mounts.
+
+    The venv's path, when it lives under /tmp, is bound back from the worker's own /tmp.
+    """
     check(LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
     # Handles on the venv's path in the old /tmp, taken in this namespace (a bind mount's
     # source must be in the caller's namespace) before the new tmpfs hides it.
     keep = {name: os.open(os.path.join(s["workdir"], name), os.O_PATH) for name in s["keep"]}
-    tmp = s["workdir"].encode()
-    opts = f"size={s['fsize_mb']}m,nr_inodes={TMP_INODES},mode=1777".encode()
-    check(LIBC.mount(b"tmpfs", tmp, b"tmpfs", MS_NOSUID | MS_NODEV, opts), "mount /tmp")
+    opts = f"size={s['fsize_mb']}m,nr_inodes={TMP_INODES},mode=1777"
+    mount_tmpfs(s["workdir"], opts)
     for name, fd in keep.items():
         target = os.path.join(s["workdir"], name)
         os.mkdir(target, 0o755)
@@ -54,97 +70,26 @@ def fresh_mounts(s: dict) -> None:
         check(LIBC.mount(source, target.encode(), None, MS_BIND | MS_REC, None), "bind venv")
         os.close(fd)
     if s["mpl_cache"] and os.path.isdir(MPL_CONFIG):
-        opts = b"size=8m,nr_inodes=256,mode=1777"
-        check(
-            LIBC.mount(b"tmpfs", MPL_CONFIG.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts), "mpl"
-        )
+        mount_tmpfs(MPL_CONFIG, "size=8m,nr_inodes=256,mode=1777")
     if os.path.isdir("/dev/shm"):
-        opts = f"size={s['fsize_mb']}m,nr_inodes=1024,mode=1777".encode()
-        check(LIBC.mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV, opts), "/dev/shm")
+        mount_tmpfs("/dev/shm", f"size={s['fsize_mb']}m,nr_inodes=1024,mode=1777")
+    if s["private_pts"]:
+        opts = f"newinstance,ptmxmode=0666,mode=0620,max={DEVPTS_MAX}".encode()
+        flags = MS_NOSUID | MS_NOEXEC
+        check(LIBC.mount(b"devpts", b"/dev/pts", b"devpts", flags, opts), "mount devpts")
 
 
-# x86_64 system calls the code never needs and that would let state outlive a solution (SysV
-# IPC, POSIX message queues, keyrings), hold memory outside files and processes (memfd), or
-# widen the attack surface (new namespaces, ptrace, bpf, io_uring, userfaultfd, perf).
-DENIED_SYSCALLS = {
-    29,
-    30,
-    31,
-    64,
-    65,
-    66,
-    67,
-    68,
-    69,
-    70,
-    71,
-    220,  # shm*, sem*, msg*, semtimedop
-    240,
-    241,
-    242,
-    243,
-    244,
-    245,  # mq_*
-    248,
-    249,
-    250,  # add_key, request_key, keyctl
-    319,
-    447,  # memfd_create, memfd_secret
-    272,
-    308,  # unshare, setns
-    101,
-    310,
-    311,  # ptrace, process_vm_readv/writev
-    165,
-    166,
-    155,
-    161,  # mount, umount2, pivot_root, chroot
-    298,
-    321,
-    323,
-    425,
-    426,
-    427,  # perf_event_open, bpf, userfaultfd, io_uring_*
-}
-SYS_CLONE, SYS_CLONE3 = 56, 435
-CLONE_NAMESPACES = 0x7E020000  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET}
-AUDIT_ARCH_X86_64 = 0xC000003E
+def mount_tmpfs(where: str, opts: str) -> None:
+    flags = MS_NOSUID | MS_NODEV
+    check(LIBC.mount(b"tmpfs", where.encode(), b"tmpfs", flags, opts.encode()), f"mount {where}")
 
 
-def seccomp_program() -> bytes:
-    """A classic BPF seccomp filter: the calls above fail with EPERM, clone3 with ENOSYS (so
-    libc falls back to clone, whose flags a classic filter can read), other ABIs are refused."""
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
-    prog: list[tuple[int, object, object, int]] = [
-        (ld, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 0, "enosys", AUDIT_ARCH_X86_64),
-        (ld, 0, 0, 0),  # seccomp_data.nr
-        (jge, "eperm", 0, 0x40000000),  # the x32 ABI
-        *((jeq, "eperm", 0, nr) for nr in sorted(DENIED_SYSCALLS)),
-        (jeq, "enosys", 0, SYS_CLONE3),
-        (jeq, 0, "allow", SYS_CLONE),
-        (ld, 0, 0, 16),  # low half of clone's flags
-        (jset, "eperm", "allow", CLONE_NAMESPACES),
-    ]
-    labels = {"allow": 0x7FFF0000, "eperm": 0x00050000 | 1, "enosys": 0x00050000 | 38}
-    at = {name: len(prog) + i for i, name in enumerate(labels)}
-    prog += [(ret, 0, 0, value) for value in labels.values()]
-    out = bytearray()
-    for i, (code, jt, jf, k) in enumerate(prog):
-        jt, jf = (at[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf))
-        out += struct.pack("<HBBI", code, jt, jf, k)
-    return bytes(out)
-
-
-class SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def install_seccomp(program: bytes) -> None:
-    buf = ctypes.create_string_buffer(program, len(program))
-    fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
-    check(LIBC.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
-    check(LIBC.prctl(22, 2, ctypes.byref(fprog), 0, 0), "PR_SET_SECCOMP")
+def loopback_up() -> None:
+    """A new network namespace's loopback starts down; the notebook has one that works."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
 def drop_privileges(uid: int | None) -> None:
@@ -198,13 +143,24 @@ def clean_workdir(path: str, keep: set[str]) -> None:
 
 
 def seed_all(seed: int) -> None:
-    """Same seed, same values: the pipeline re-runs earlier blocks at every submission."""
+    """Same seed, same values: the pipeline re-runs earlier blocks at every submission. Every
+    generator the supported libraries own: Python's, numpy's global one, sympy's own (randprime,
+    sympy.core.random) and tempfile's names."""
     import random
 
     random.seed(seed)
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed(seed % (1 << 32))
+    sympy_random = sys.modules.get("sympy.core.random")
+    if sympy_random is not None:
+        sympy_random.seed(seed)
+    tempfile = sys.modules.get("tempfile")
+    names = getattr(tempfile, "_RandomNameSequence", None)
+    if names is not None:
+        sequence = names()
+        sequence._rng, sequence._rng_pid = random.Random(seed), os.getpid()
+        tempfile._name_sequence = sequence
 
 
 def prepare_matplotlib(s: dict) -> None:
@@ -235,8 +191,8 @@ def prepare(s: dict) -> None:
             f.write("1000")
     except OSError:
         pass
-    if s["private_mounts"]:
-        fresh_mounts(s)
+    if any(s[key] for key in NAMESPACE_FEATURES):
+        fresh_namespaces(s)
 
 
 def confine(s: dict, n_blocks: int = 0) -> None:
@@ -266,25 +222,39 @@ def child_main(blocks: list[str], first: int, s: dict, fds: tuple[int, int, int]
     out = io.TextIOWrapper(
         io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace"
     )
-    ns = {"__name__": "__main__", "__builtins__": builtins}
+    ns = main_namespace()
+    # The garbage collector's counts come from the zygote's history; collected now, they are
+    # the same for every solution, and so are the addresses (reprs, id order) its code sees.
+    gc.collect()
     me = os.getpid()
     for number, src in enumerate(blocks, first + 1):
         sys.stdin, sys.stdout, sys.stderr = io.StringIO(), out, out
-        result, is_error = run_cell(src, ns, number)
+        result, tail = run_cell(src, ns, number)
         flush(sys.stdout, out)
         if os.getpid() != me:  # a process the cell forked must not go on to run later cells
             os._exit(0)
-        write_frame(CONTROL_FD, clip(result, is_error, number, s["max_output_chars"]))
+        write_frame(CONTROL_FD, clip(result, tail, number, s["max_output_chars"]))
         if number < first + len(blocks) and not os.read(ACK_FD, 1):
             break
     os._exit(0)
 
 
-def clip(result: str, is_error: bool, number: int, limit: int) -> dict:
+def main_namespace() -> dict:
+    """The cells' namespace is a fresh `__main__` module, as in Jupyter: functions and classes
+    defined in a cell can be pickled, so multiprocessing.Pool.map(f, ...) works."""
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    return main.__dict__
+
+
+def clip(result: str, tail: str, number: int, limit: int) -> dict:
     """A block's result as sent to the worker: its head, its length and, for an error, its
-    final line, so truncation can keep `ErrorName: message` in view."""
-    last = result.rstrip("\n").rsplit("\n", 1)[-1][: limit // 2] if is_error else ""
-    return {"i": number, "text": result[:limit], "n": len(result), "last": last}
+    last part (`ErrorName: message`) and where it starts, so truncation keeps it in view."""
+    at = result.rfind(tail) if tail else len(result)
+    last = tail[: limit // 2] if at >= 0 else ""
+    at = at if at >= 0 else len(result)
+    return {"i": number, "text": result[:limit], "n": len(result), "last": last, "at": at}
 
 
 def flush(*streams) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -18,13 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import _confine
-from ._cgroup import MemoryCgroup
+from ._cgroup import SOCKET_MB, WorkerCgroups
 
 log = logging.getLogger("scdpo.sandbox")
 
 # The worker's parts, in the order they run as one program: each is a module of its own (tests
 # import them), and `python -c` gets them concatenated, their imports of each other dropped.
-WORKER_PARTS = ("_cells", "_confine", "_watch", "_zygote", "_supervise", "_worker")
+WORKER_PARTS = ("_cells", "_seccomp", "_confine", "_watch", "_zygote", "_supervise", "_worker")
 
 
 def worker_source() -> str:
@@ -63,9 +64,15 @@ STARTUP_TIMEOUT = 120.0  # seconds for a worker to import numpy/sympy on a loade
 BLOCK_MARGIN = 5.0
 CGROUP_MARGIN_MB = 64  # the kernel's limit is this far above the worker's own check
 STARTUP_MEMORY_MB = 1024  # a worker's cgroup limit while it imports, before the real one is set
-CGROUP_MOUNT = "/run/scdpo-memcg"  # the worker's cgroup, read-only: it reads its OOM kill count
+# The worker's memory cgroup, read-only, in a directory only the worker (uid 0) may enter: it
+# reads its usage and OOM kill count there; a child, as another uid, cannot (no channel).
+PRIVATE_DIR = "/run/scdpo"
+CGROUP_MOUNT = f"{PRIVATE_DIR}/memcg"
 MPL_MOUNT = "/opt/scdpo-matplotlib"  # the prepared matplotlib font cache, read-only
 UID_BASE = 2_000_000_000  # children run as UID_BASE + ..., uids no real account uses
+UID_SLOTS = 64  # uids per pool: slot k of a pool runs as its block's base + k % UID_SLOTS
+UID_BLOCKS = (0xFFFF_FFFE - UID_BASE) // UID_SLOTS
+UID_LOCKS = ("/run/scdpo-sandbox-uids", os.path.join(tempfile.gettempdir(), "scdpo-sandbox-uids"))
 SANDBOX_ENV = {
     "PATH": "/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -153,13 +160,13 @@ def _bwrap_argv(bwrap: str, privileged: bool, extra: list[str] | None = None) ->
     if privileged:
         # Not --unshare-all: a user namespace would map the sandbox's root to the real root,
         # whom the kernel exempts from RLIMIT_NPROC. Instead the worker keeps just the
-        # capabilities to drop its children to an unused uid (and to kill them).
+        # capabilities to drop its children to an unused uid (see _worker.KEPT_CAPS). bwrap
+        # hands it all of them: an exec that gains capabilities clears the personality flag
+        # that turns address randomisation off, and the worker execs itself once to set it;
+        # then it drops the rest, from its bounding set too.
         ns = (
             "--unshare-ipc --unshare-pid --unshare-net --unshare-uts --unshare-cgroup-try"
-            " --cap-drop ALL --cap-add CAP_SETUID --cap-add CAP_SETGID --cap-add CAP_KILL"
-            # To give each child its own mount and IPC namespace (a fresh /tmp, /dev/shm);
-            # children drop every capability with their uid.
-            " --cap-add CAP_SYS_ADMIN"
+            " --cap-add ALL"
         ).split()
     else:
         ns = ["--unshare-all"]  # unprivileged bwrap keeps no capabilities anyway
@@ -167,6 +174,9 @@ def _bwrap_argv(bwrap: str, privileged: bool, extra: list[str] | None = None) ->
     # The empty /tmp first: a venv under /tmp (a checkout there) is bound on top of it below.
     size = ["--size", str(TMPFS_MB << 20)] if _supports(bwrap, "--size") else []
     argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", *size, "--tmpfs", "/tmp"]
+    # No ptys from bwrap's devpts, which has no limit but the host's: each child mounts its own,
+    # with a small `max`, over it (where it cannot, there are no ptys at all).
+    argv += ["--ro-bind", "/dev/null", "/dev/pts/ptmx"]
     roots = _python_roots()
     mounts = _system_mounts()
     for parent in _parents([*roots, *mounts[2::3]]):  # mounts are (option, source, target)
@@ -182,6 +192,43 @@ def _bwrap_argv(bwrap: str, privileged: bool, extra: list[str] | None = None) ->
     return argv + ["--"]
 
 
+class UidLease:
+    """A block of UID_SLOTS child uids that no other live pool on this host holds.
+
+    Each block has a lock file; a pool holds the lock of its block (flock, released when the
+    pool closes or its process dies, with its workers), so two pools, in one process or in
+    two, never share a uid, and with it a process limit.
+    """
+
+    def __init__(self) -> None:
+        self.fd, self.base = self._acquire()
+
+    @staticmethod
+    def _acquire() -> tuple[int, int]:
+        for directory in UID_LOCKS:
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except OSError:
+                continue
+            for block in range(UID_BLOCKS):
+                try:
+                    fd = os.open(f"{directory}/{block}", os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError:
+                    break  # not writable: the next directory
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    continue
+                return fd, UID_BASE + block * UID_SLOTS
+        raise SandboxError(f"no free block of sandbox uids (lock files in {UID_LOCKS})")
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 @dataclass(frozen=True)
 class _Launch:
     """Everything needed to (re)start the worker of one pool slot."""
@@ -190,45 +237,54 @@ class _Launch:
     privileged: bool
     settings: dict
     cwd: str
+    uids: UidLease | None = None  # the children's uids (privileged mode only)
 
     @property
     def sandboxed(self) -> bool:
         return self.bwrap is not None
 
-    def argv(self, slot: int, cgroup: MemoryCgroup | None, mpl_cache: str | None) -> list[str]:
+    def argv(self, slot: int, cgroups: WorkerCgroups | None, mpl_cache: str | None) -> list[str]:
         settings = dict(self.settings)
-        if settings["uid"] is not None:
-            settings["uid"] += slot % 64
+        if self.uids is not None:
+            settings["uid"] = self.uids.base + slot % UID_SLOTS
+        memory = cgroups.memory if cgroups is not None else None
         python = [_python_executable(), "-s", "-P", "-B", "-c", WORKER_SOURCE]
         if self.bwrap is None:
-            if cgroup is not None:
-                settings["memcg"] = [str(cgroup.path / f) for f in (cgroup.events, cgroup.current)]
+            if memory is not None:
+                settings["memcg"] = memory.files(str(memory.path))
             settings["mpl_cache"] = mpl_cache
             argv = [*python, json.dumps(settings)]
         else:
             extra = []
-            if cgroup is not None:
-                extra += ["--ro-bind", str(cgroup.path), CGROUP_MOUNT]
-                settings["memcg"] = [f"{CGROUP_MOUNT}/{f}" for f in (cgroup.events, cgroup.current)]
+            if memory is not None:
+                extra += ["--perms", "0700", "--dir", PRIVATE_DIR]
+                extra += ["--ro-bind", str(memory.path), CGROUP_MOUNT]
+                settings["memcg"] = memory.files(CGROUP_MOUNT)
             if mpl_cache is not None:
                 extra += ["--perms", "0755", "--dir", os.path.dirname(MPL_MOUNT)]
                 extra += ["--ro-bind", mpl_cache, MPL_MOUNT, "--dir", _confine.MPL_CONFIG]
                 settings["mpl_cache"] = MPL_MOUNT
             prefix = _bwrap_argv(self.bwrap, self.privileged, extra)
             argv = [*prefix, *python, json.dumps(settings)]
-        return cgroup.wrap(argv) if cgroup is not None else argv
+        return cgroups.wrap(argv) if cgroups is not None else argv
+
+    def close(self) -> None:
+        if self.uids is not None:
+            self.uids.release()
 
 
 def _make_launch(config: SandboxConfig) -> _Launch:
     settings = {**asdict(config), "fsize_mb": TMPFS_MB, "preimport": PREIMPORT}
+    settings["socket_mb"] = SOCKET_MB
     del settings["allow_unsandboxed"]
-    settings.update(seccomp=True, memcg=None, mpl_cache=None)
+    settings.update(seccomp=True, memcg=None, mpl_cache=None, uid=None)
     bwrap = find_bwrap()
     if bwrap is not None:
         privileged = os.geteuid() == 0
-        uid = UID_BASE + (os.getpid() % (1 << 20)) * 64 if privileged else None
-        settings.update(uid=uid, pid1=True, workdir="/tmp", private_mounts=privileged)
-        return _Launch(bwrap, privileged, settings, "/")
+        settings.update(pid1=True, workdir="/tmp", last_pid_fd=None)
+        settings.update({key: privileged for key in _confine.NAMESPACE_FEATURES})
+        uids = UidLease() if privileged else None
+        return _Launch(bwrap, privileged, settings, "/", uids)
     if not config.allow_unsandboxed:
         raise SandboxError(
             "bubblewrap (bwrap) is not installed: refusing to run model-written "
@@ -241,7 +297,8 @@ def _make_launch(config: SandboxConfig) -> _Launch:
         "rights (only resource limits apply); workdir %s !!!",
         workdir,
     )
-    settings.update(uid=None, pid1=False, workdir=workdir, private_mounts=False)
+    settings.update(pid1=False, workdir=workdir, last_pid_fd=None)
+    settings.update({key: False for key in _confine.NAMESPACE_FEATURES})
     return _Launch(None, False, settings, workdir)
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 
 from . import _cells
-from ._cgroup import MemoryCgroup
+from ._cgroup import WorkerCgroups
 from ._launch import (
     BLOCK_MARGIN,
     CGROUP_MARGIN_MB,
@@ -68,7 +68,7 @@ class _WorkerProcess:
                 f"sandbox worker failed to start: {exc}; stderr: {detail!r}"
             ) from exc
 
-    def run(self, blocks: list[str], seed: int, timeout: float) -> list[str]:
+    def run(self, blocks: list[str], seed: int, config: SandboxConfig) -> list[str]:
         """Each block's output, waiting at most its timeout plus a margin for each."""
         try:
             body = json.dumps({"blocks": blocks, "seed": seed}).encode()
@@ -77,10 +77,10 @@ class _WorkerProcess:
             raise _WorkerDied(f"cannot send to worker: {exc}") from exc
         outputs = []
         for _ in blocks:
-            output = self._read(time.monotonic() + timeout + BLOCK_MARGIN)
+            output = self._read(time.monotonic() + config.timeout + BLOCK_MARGIN)
             if not isinstance(output, str):
                 raise _WorkerDied(f"malformed reply from worker: {str(output)[:200]!r}")
-            outputs.append(sanitize(output))
+            outputs.append(sanitize(bound(output, config.max_output_chars)))
         return outputs
 
     def _read(self, deadline: float):
@@ -131,16 +131,24 @@ class _WorkerProcess:
 _Task = tuple[list[str], int, concurrent.futures.Future]
 
 
-class _Slot:
-    """A started worker and the memory cgroup that holds it."""
+def bound(output: str, limit: int) -> str:
+    """The worker bounds every output it builds; this only backs it up, should it ever not."""
+    most = limit + limit // 2 + 100  # head, truncation note, error line
+    if len(output) <= most:
+        return output
+    return output[:limit] + f"\n... [output truncated: {len(output) - limit} more characters]"
 
-    def __init__(self, process: _WorkerProcess, cgroup: MemoryCgroup | None) -> None:
-        self.process, self.cgroup = process, cgroup
+
+class _Slot:
+    """A started worker and the cgroups that hold it."""
+
+    def __init__(self, process: _WorkerProcess, cgroups: WorkerCgroups | None) -> None:
+        self.process, self.cgroups = process, cgroups
 
     def close(self) -> None:
         self.process.close()
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        if self.cgroups is not None:
+            self.cgroups.remove()
 
 
 class SandboxPool:
@@ -204,6 +212,7 @@ class SandboxPool:
                 self._tasks.put(None)
         for thread in self._threads:
             thread.join()
+        self._launch.close()  # the pool's uids are free once its workers are gone
         if not self._launch.sandboxed:  # the unsandboxed mode's private working directory
             shutil.rmtree(self._launch.cwd, ignore_errors=True)
 
@@ -216,27 +225,30 @@ class SandboxPool:
     def _start(self, slot: int) -> _Slot:
         # Called only from the slot's own thread, which outlives its worker: bwrap's
         # --die-with-parent fires when the *thread* that started it exits.
-        memory = self.config.memory_mb + STARTUP_MEMORY_MB
-        cgroup = MemoryCgroup.create(f"w{slot}", memory)
-        if cgroup is None and slot == 0:
-            log.info("no memory cgroup available: memory is capped per process and by polling")
-        argv = self._launch.argv(slot, cgroup, self._mpl_cache)
+        cgroups = WorkerCgroups.create(
+            f"w{slot}", self.config.memory_mb + STARTUP_MEMORY_MB, self.config.max_processes + 16
+        )
+        if slot == 0 and (cgroups is None or cgroups.missing):
+            missing = "all" if cgroups is None else ", ".join(cgroups.missing)
+            log.warning("sandbox workers run without cgroup limits for %s (see docs)", missing)
+        argv = self._launch.argv(slot, cgroups, self._mpl_cache)
         env = {} if self._launch.sandboxed else dict(SANDBOX_ENV)
         try:
             worker = _WorkerProcess(argv, self._launch.cwd, env)
-            if cgroup is not None:
+            memory = cgroups.memory if cgroups is not None else None
+            if memory is not None:
                 # The worker's own image, what one solution may use (the worker stops it there)
                 # and a margin, so the kernel's limit is the backstop between two checks.
-                limit = cgroup.usage() + ((self.config.memory_mb + CGROUP_MARGIN_MB) << 20)
-                cgroup.set_limit(limit)
+                margin = (self.config.memory_mb + CGROUP_MARGIN_MB) << 20
+                memory.set_limit(memory.usage() + margin)
         except BaseException:
-            if cgroup is not None:
-                cgroup.remove()
+            if cgroups is not None:
+                cgroups.remove()
             raise
         missing = [k for k, on in worker.features.items() if not on]
         if missing and slot == 0:
             log.warning("sandbox worker runs without %s (not allowed here)", ", ".join(missing))
-        return _Slot(worker, cgroup)
+        return _Slot(worker, cgroups)
 
     def _serve(self, slot: int) -> None:
         worker: _Slot | None = None
@@ -268,7 +280,7 @@ class SandboxPool:
         for attempt in range(2):
             try:
                 worker = worker or self._start(slot)
-                outputs = worker.process.run(blocks, seed, self.config.timeout) if blocks else []
+                outputs = worker.process.run(blocks, seed, self.config) if blocks else []
                 future.set_result(outputs)
                 return worker
             except _WorkerDied as exc:

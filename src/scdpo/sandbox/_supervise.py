@@ -1,4 +1,4 @@
-"""Sandbox worker, part 5 of 6: the supervisor of one child, from fork to reaping."""
+"""Sandbox worker, part 6 of 7: the supervisor of one child, from fork to reaping."""
 
 import json
 import os
@@ -101,7 +101,7 @@ class Supervisor:
                     send_ack(ack_w)
                 if len(ctrl) > self.ctrl_limit:
                     ready.add("protocol")
-                stop = ready & {"timeout", "memory", "protocol"}
+                stop = ready & {"timeout", "memory", "sockets", "protocol"}
                 if stop and count < n:
                     self.kill_tree(pid)
                     if exited and self.memory.killed():
@@ -117,7 +117,8 @@ class Supervisor:
         return count
 
     def wait(self, sel: selectors.BaseSelector, deadline: float, reason: str) -> set:
-        """Names of the ready pipes, or the reason to stop the child ("timeout", "memory")."""
+        """Names of the ready pipes, or the reason to stop the child ("timeout", "memory",
+        "sockets")."""
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -126,8 +127,9 @@ class Supervisor:
                 self.next_check = now + MEMORY_POLL
                 if self.outbox.due():
                     self.outbox.flush()
-                if self.memory.over():
-                    return {"memory"}
+                over = self.memory.over()
+                if over:
+                    return {over}
             ready = sel.select(min(deadline, self.next_check) - now)
             if ready:
                 return {key.data for key, _ in ready}

@@ -1,4 +1,4 @@
-"""Sandbox worker, part 3 of 6: what the worker reads off a child and sends on: captured output,
+"""Sandbox worker, part 4 of 7: what the worker reads off a child and sends on: captured output,
 result frames, exit and stop messages, memory, the outbox."""
 
 import json
@@ -33,20 +33,43 @@ class Capture:
 
 def compose(out: str, dropped: int, result: dict, limit: int) -> str:
     """Output then result, cut to `limit` characters: the head, an exact count of what was left
-    out and, for an error, its final line."""
-    text, last = result["text"], result["last"]
-    total = len(out) + dropped + result["n"]
+    out and, for an error, its final line.
+
+    Built here from bounded fields whatever the child sent: its text is cut to `limit`, its
+    error line (which starts at `at` in the result) to `limit // 2` characters, shown as one
+    line, so that what follows the note always starts with the exception's name.
+    """
+    text = result["text"][:limit]
+    n = max(result["n"], len(text))
+    total = len(out) + dropped + n
     if total <= limit:
         return out + text
-    keep = max(limit - len(last), 0)
+    last = clip_line(result["last"], limit // 2)
+    shown = one_line(last)
+    keep = max(limit - len(shown), 0)
+    if last:  # the head stops where the error line starts: nothing is shown twice
+        keep = min(keep, len(out) + dropped + min(result["at"], n))
     head = out[:keep] if dropped else (out + text)[:keep]
     note = f"\n... [output truncated: {max(total - len(head) - len(last), 0)} more characters]"
-    return head + note + (f"\n{last}" if last else "")
+    return head + note + (f"\n{shown}" if shown else "")
+
+
+def one_line(text: str) -> str:
+    """An error line that stays one line: line breaks in the message are shown as \\n."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def clip_line(text: str, most: int) -> str:
+    """The longest head of `text` whose one-line form has at most `most` characters."""
+    text = text[:most]
+    while len(one_line(text)) > most:
+        text = text[: most - (len(one_line(text)) - len(text))]
+    return text
 
 
 def message(text: str) -> dict:
     """A result the worker itself gives (timeout, memory, a dead process): an error line."""
-    return {"text": text, "n": len(text), "last": text}
+    return {"text": text, "n": len(text), "last": text, "at": 0}
 
 
 def valid_result(value: object, number: int) -> bool:
@@ -56,6 +79,8 @@ def valid_result(value: object, number: int) -> bool:
         and isinstance(value.get("text"), str)
         and isinstance(value.get("last"), str)
         and isinstance(value.get("n"), int)
+        and isinstance(value.get("at"), int)
+        and 0 <= value["at"] <= value["n"]
         and value["n"] >= len(value["text"])
     )
 
@@ -117,6 +142,11 @@ def stop_message(reason: str, s: dict) -> str:
             f"MemoryError: the code's processes used more than {s['memory_mb']} MB together"
             " and were stopped"
         )
+    if reason == "sockets":
+        return (
+            f"MemoryError: the code's sockets held more than {s['socket_mb']} MB of buffers"
+            " and were stopped"
+        )
     return "RuntimeError: the code's process broke the sandbox protocol and was stopped"
 
 
@@ -157,27 +187,46 @@ def read_counter(path: str, key: str | None = None) -> int:
 
 class MemoryWatch:
     """The memory the sandbox's processes use, from the worker's cgroup when it has one
-    (everything: shared memory, tmpfs files, kernel memory), else from /proc (anonymous only)."""
+    (everything: shared memory, tmpfs files, kernel memory, socket buffers), else from /proc
+    (anonymous memory only)."""
 
     def __init__(self, s: dict, baseline_kb: int) -> None:
         self.s, self.baseline_kb = s, baseline_kb
-        self.events, self.current = s["memcg"] or (None, None)
+        self.events, self.current, sockets = s["memcg"] or (None, None, None)
+        # v1 counts socket buffers apart (and caps them); v2 counts them in `current`, and
+        # memory.stat says how much of it they are.
+        self.stat = sockets if sockets and sockets.endswith("memory.stat") else None
+        self.sockets = None if self.stat else sockets
+        self.socket_bytes = s.get("socket_mb", 64) << 20
         self.start_kills = self.start_bytes = 0
 
     def start(self) -> None:
         if self.events:
             self.start_kills = read_counter(self.events, "oom_kill")
-            self.start_bytes = read_counter(self.current)
+            self.start_bytes = self.usage()
+
+    def usage(self) -> int:
+        used = read_counter(self.current)
+        return used + read_counter(self.sockets) if self.sockets else used
 
     def killed(self) -> bool:
         """Whether the kernel's OOM killer struck since `start`."""
         return bool(self.events) and read_counter(self.events, "oom_kill") > self.start_kills
 
-    def over(self) -> bool:
+    def over(self) -> str | None:
+        """Why the solution must stop ("memory", "sockets"), or None."""
         if self.events:
-            used = read_counter(self.current) - self.start_bytes
-            return self.killed() or used > self.s["memory_mb"] << 20
-        return self.s["pid1"] and tree_memory_mb(self.baseline_kb) > self.s["memory_mb"]
+            used = self.usage() - self.start_bytes
+            if self.killed() or used > self.s["memory_mb"] << 20:
+                return "memory"
+            # v2 only: memory.stat is long, so it is read only once the total could be over.
+            if self.stat and used > self.socket_bytes:
+                if read_counter(self.stat, "sock") > self.socket_bytes:
+                    return "sockets"
+            return None
+        if self.s["pid1"] and tree_memory_mb(self.baseline_kb) > self.s["memory_mb"]:
+            return "memory"
+        return None
 
 
 class Outbox:

@@ -1,4 +1,4 @@
-"""Sandbox worker, part 4 of 6: the zygote, a clean process started before any solution ran,
+"""Sandbox worker, part 5 of 7: the zygote, a clean process started before any solution ran,
 which forks every child (so no child inherits an earlier solution's memory)."""
 
 import json
@@ -132,17 +132,33 @@ def zygote_main(sock: socket.socket, s: dict) -> None:
         pidfd = os.pidfd_open(child)
 
 
+LAST_PID = b"99"  # each child is pid 100 of the worker's namespace, its processes 101, ...
+
+
+def reset_pids(s: dict) -> None:
+    """Make the next pid the same for every child: the previous child's processes are all
+    reaped, so pids from LAST_PID + 1 on are free (the pid namespace's own counter, reset)."""
+    if s["last_pid_fd"] is not None:
+        try:
+            os.pwrite(s["last_pid_fd"], LAST_PID, 0)
+        except OSError:
+            pass
+
+
 class Spare:
     """A child forked, with its namespaces and fresh /tmp, ahead of its request; `start` hands
     it its pipes."""
 
     def __init__(self, s: dict, worker: socket.socket) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        reset_pids(s)
         self.pid = os.fork()
         if self.pid == 0:
             try:
                 self.sock.close()
                 worker.close()
+                if s["last_pid_fd"] is not None:
+                    os.close(s["last_pid_fd"])
                 spare_main(theirs, s)
             finally:
                 os._exit(70)
