@@ -205,8 +205,8 @@ def confine(s: dict, n_blocks: int = 0) -> None:
         install_seccomp(s["seccomp"])
 
 
-def child_main(blocks: list[str], first: int, s: dict, fds: tuple[int, int, int]) -> None:
-    """Runs in the (already isolated) child: run the cells, report each result, exit."""
+def child_main(blocks, n: int, first: int, s: dict, fds: tuple[int, int, int]) -> None:
+    """Runs in the (already isolated) child: run the `n` cells, report each result, exit."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # Move the pipes above the target numbers first, so no dup2 overwrites one of them.
     data_w, ctrl_w, ack_r = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16) for fd in fds)
@@ -223,8 +223,9 @@ def child_main(blocks: list[str], first: int, s: dict, fds: tuple[int, int, int]
         io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace"
     )
     ns = main_namespace()
-    # The garbage collector's counts come from the zygote's history; collected now, they are
-    # the same for every solution, and so are the addresses (reprs, id order) its code sees.
+    # The zygote runs without the garbage collector; collected once now, its counts (and so
+    # the addresses that the code's objects get: reprs, id order) are the same every time.
+    gc.enable()
     gc.collect()
     me = os.getpid()
     for number, src in enumerate(blocks, first + 1):
@@ -234,7 +235,7 @@ def child_main(blocks: list[str], first: int, s: dict, fds: tuple[int, int, int]
         if os.getpid() != me:  # a process the cell forked must not go on to run later cells
             os._exit(0)
         write_frame(CONTROL_FD, clip(result, tail, number, s["max_output_chars"]))
-        if number < first + len(blocks) and not os.read(ACK_FD, 1):
+        if number < first + n and not os.read(ACK_FD, 1):
             break
     os._exit(0)
 

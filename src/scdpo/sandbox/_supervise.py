@@ -20,7 +20,7 @@ from ._watch import (
     stop_message,
     valid_result,
 )
-from ._zygote import Zygote, send_code
+from ._zygote import Zygote, encode_blocks, send_code
 
 
 class Supervisor:
@@ -34,6 +34,7 @@ class Supervisor:
         self.zygote: Zygote | None = None
         self.status: int | None = -1  # the current child's wait status once ended (-1: none)
         self.stale = 0  # zygote reports still to come for children we stopped waiting for
+        self.ended = True  # whether the current child's "k" went to the zygote
         self.outbox = Outbox()
         self.next_check = 0.0
 
@@ -49,7 +50,7 @@ class Supervisor:
         pipes = [os.pipe() for _ in range(4)]  # data, ctrl, ack, code
         (data_r, data_w), (ctrl_r, ctrl_w), (ack_r, ack_w), (code_r, code_w) = pipes
         ends = (data_w, ctrl_w, ack_r, code_r)
-        body = json.dumps(blocks).encode()
+        body = encode_blocks(blocks)
         os.set_blocking(code_w, False)  # what fits in the pipe goes before the child exists
         try:
             body = body[os.write(code_w, body) :]
@@ -61,7 +62,7 @@ class Supervisor:
         finally:
             for fd in ends:
                 os.close(fd)
-        self.status = None
+        self.status, self.ended = None, False
         try:
             send_code(code_w, body)
             return self.collect(pid, (data_r, ctrl_r, ack_w), first, len(blocks), emit)
@@ -191,7 +192,10 @@ class Supervisor:
 
     def kill_tree(self, pid: int) -> None:
         """Have the zygote kill the child and everything it started, without waiting: it does
-        so before it starts the next child, and its report is read (and dropped) later."""
-        if self.status is None:
+        so before it starts the next child. It gets one "k" per child, ended or not, and sends
+        one report per child; one not read yet is read (and dropped) later."""
+        if not self.ended:
             self.zygote.kill()
+            self.ended = True
+        if self.status is None:
             self.status, self.stale = -1, self.stale + 1

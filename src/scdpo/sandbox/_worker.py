@@ -182,6 +182,9 @@ def main() -> None:
     preimport(settings["preimport"])
     supervisor = Supervisor(settings)
     supervisor.zygote = Zygote(settings)  # after the imports, before any solution
+    # One solution through it first: every later child forks from the zygote in the state it
+    # has after a child (the first would see other addresses than the rest).
+    supervisor.run(["None"], 0, lambda text: None)
     if settings["last_pid_fd"] is not None:
         os.close(settings["last_pid_fd"])  # the zygote's now
     write_frame(1, {"ready": {**features, "aslr_off": aslr_off}})

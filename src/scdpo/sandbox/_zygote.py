@@ -1,32 +1,53 @@
 """Sandbox worker, part 5 of 7: the zygote, a clean process started before any solution ran,
 which forks every child (so no child inherits an earlier solution's memory)."""
 
-import json
+import ctypes
+import gc
+import mmap
 import os
 import select
 import signal
 import socket
 import struct
 
+from ._cells import HEADER
 from ._confine import LIBC, child_main, confine, prepare, set_limits
 
+# What the zygote learns of a solution (its request, its processes' wait statuses) lives only
+# in these buffers, zeroed after use: a child, a copy of the zygote's memory, finds no earlier
+# solution's numbers in it, and its heap is the same at every fork (same addresses in cells).
+SPAWN = struct.Struct("<qq")  # the first block's number, the seed
+REPLY = struct.Struct("<q")  # a wait status (-1: none)
+REQUEST = bytearray(1 + SPAWN.size)
+NO_REQUEST = bytes(len(REQUEST))
+STATUS = ctypes.c_int(0)
+REPORT = ctypes.c_int64(0)
 
-def kill_and_reap(child: int, s: dict) -> int:
-    """In the zygote: kill the child's whole tree, reap it all; the child's wait status."""
-    status = -1
+
+def reap(pid: int, flags: int) -> int:
+    """waitpid with the status in STATUS (no Python object holds it): the pid, 0 or -1."""
+    return LIBC.waitpid(pid, ctypes.byref(STATUS), flags)
+
+
+def kill_and_reap(child: int, s: dict) -> None:
+    """In the zygote: kill the child's whole tree, reap it all; the child's wait status goes
+    to REPORT."""
+    ctypes.memset(ctypes.byref(REPORT), 0xFF, 8)  # -1: unknown
     kill_all(child, s)
-    try:
-        status = os.waitpid(child, 0)[1]
-    except ChildProcessError:
-        pass
+    if reap(child, 0) == child:
+        ctypes.memset(ctypes.byref(REPORT), 0, 8)
+        ctypes.memmove(ctypes.byref(REPORT), ctypes.byref(STATUS), 4)  # >= 0: little-endian
     flags = 0 if s["pid1"] else os.WNOHANG  # unsandboxed: only our own children are ours
     while True:
         kill_all(child, s)  # again after each reap: nothing forked meanwhile may survive
-        try:
-            if os.waitpid(-1, flags)[0] == 0:
-                return status
-        except ChildProcessError:
-            return status
+        if reap(-1, flags) <= 0:  # none left (-1: ECHILD; 0: none exited, unsandboxed)
+            break
+    ctypes.memset(ctypes.byref(STATUS), 0, 4)
+
+
+def report(sock: socket.socket) -> None:
+    sock.sendall(REPORT)
+    ctypes.memset(ctypes.byref(REPORT), 0, 8)
 
 
 def kill_all(child: int, s: dict) -> None:
@@ -42,7 +63,7 @@ def kill_all(child: int, s: dict) -> None:
 
 
 def send_code(fd: int, body: bytes) -> None:
-    """The rest of a child's code (JSON), then end of file."""
+    """The rest of a child's code (see `encode_blocks`), then end of file."""
     try:
         while body:
             body = body[os.write(fd, body) :]
@@ -94,42 +115,58 @@ class ZygoteDied(RuntimeError):
     pass
 
 
-SPAWN = struct.Struct("<qq")  # the first block's number, the seed
-REPLY = struct.Struct("<q")  # a pid, or a wait status (-1: none)
-
-
 def zygote_main(sock: socket.socket, s: dict) -> None:
     """Hand each request to a spare child; when it exits, or on "k", kill its tree, reap,
-    report. The next spare is forked and isolated right after, outside any solution's time."""
+    report; once the worker's "k" is in too, fork the next spare (outside any solution's
+    time). Every child takes the same steps in the same order, so the zygote's memory is the
+    same at every fork, whichever came first."""
     LIBC.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: the child's orphans come back to us
-    child, pidfd = 0, -1
+    gc.disable()  # no collection at a moment that depends on history (children turn it on)
     spare: Spare | None = Spare(s, sock)
     while True:
-        if child:
-            ready, _, _ = select.select([sock, pidfd], [], [])
-            if pidfd in ready:  # it ended by itself: kill what it left, report its status
-                sock.sendall(REPLY.pack(kill_and_reap(child, s)))
-                os.close(pidfd)
-                child, pidfd = 0, -1
-                spare = Spare(s, sock)
-                continue
-        msg, fds, _, _ = socket.recv_fds(sock, 1 + SPAWN.size, 4)
-        if len(msg) < 1 + SPAWN.size:
+        fds = receive(sock)
+        if fds is None:
             return  # the worker is gone
-        if msg[:1] == b"k":
-            if child:  # else: the child's end was reported already; nothing to answer
-                sock.sendall(REPLY.pack(kill_and_reap(child, s)))
-                os.close(pidfd)
-                child, pidfd = 0, -1
-                spare = Spare(s, sock)
+        if REQUEST[0] != ord("s"):  # a "k" with no child: nothing to end
             continue
-        if spare is None or not spare.start(msg[1:], fds):  # it died waiting: a new one, once
+        if spare is None or not spare.start(fds):  # it died waiting: a new one, once
             spare = Spare(s, sock)
-            spare.start(msg[1:], fds)
+            spare.start(fds)
+        REQUEST[:] = NO_REQUEST
         for fd in fds:
             os.close(fd)
-        child, spare = spare.pid, None
-        pidfd = os.pidfd_open(child)
+        child, spare, fds = spare.pid, None, None
+        if not see_to_end(sock, child, s):
+            return
+        spare = Spare(s, sock)
+
+
+def see_to_end(sock: socket.socket, child: int, s: dict) -> bool:
+    """Wait for the child's exit or the worker's "k", kill and reap its whole tree, report
+    its status, and have the "k"; False if the worker is gone."""
+    pidfd = os.pidfd_open(child)
+    stopped = sock in select.select([sock, pidfd], [], [])[0]
+    present = receive(sock) is not None if stopped else True
+    kill_and_reap(child, s)
+    os.close(pidfd)
+    if present:
+        report(sock)
+        if not stopped:
+            present = receive(sock) is not None  # the worker's "k", sent for every child
+    REQUEST[:] = NO_REQUEST
+    return present
+
+
+def receive(sock: socket.socket) -> list[int] | None:
+    """The worker's next request into REQUEST, and the pipe ends it came with."""
+    size, ancillary, _, _ = sock.recvmsg_into([REQUEST], socket.CMSG_SPACE(4 * 4))
+    if size < len(REQUEST):
+        return None
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+    return fds
 
 
 LAST_PID = b"99"  # each child is pid 100 of the worker's namespace, its processes 101, ...
@@ -164,9 +201,11 @@ class Spare:
                 os._exit(70)
         theirs.close()
 
-    def start(self, numbers: bytes, fds: list[int]) -> bool:
+    def start(self, fds: list[int]) -> bool:
+        """Hand it the request in REQUEST and its pipe ends."""
         try:
-            socket.send_fds(self.sock, [numbers], fds)
+            with memoryview(REQUEST) as request:
+                socket.send_fds(self.sock, [request[1:]], fds)
             return True
         except OSError:
             return False
@@ -190,13 +229,45 @@ def spare_main(sock: socket.socket, s: dict) -> None:
     child_start(fds, first, {**s, "seed": seed})
 
 
+CODE_BUFFER = 8 << 20  # bytes of code a child reads into one mapping of this fixed size
+
+
 def child_start(fds: list[int], first: int, s: dict) -> None:
     """The new child reads its blocks, then runs them."""
     data_w, ctrl_w, ack_r, code_r = fds
-    chunks = []
-    while chunk := os.read(code_r, 1 << 16):
-        chunks.append(chunk)
+    code = read_code(code_r)
     os.close(code_r)
-    blocks = json.loads(b"".join(chunks))
-    set_limits(s, len(blocks))  # the CPU time limit, now that the number of blocks is known
-    child_main(blocks, first, s, (data_w, ctrl_w, ack_r))
+    n = sum(1 for _ in blocks(code))
+    set_limits(s, n)  # the CPU time limit, now that the number of blocks is known
+    child_main(blocks(code), n, first, s, (data_w, ctrl_w, ack_r))
+
+
+def encode_blocks(blocks: list[str]) -> bytes:
+    """A solution's code as the child reads it: each block's UTF-8, length-prefixed."""
+    encoded = [b.encode("utf-8", "surrogatepass") for b in blocks]
+    return b"".join(HEADER.pack(len(b)) + b for b in encoded)
+
+
+def read_code(fd: int) -> memoryview:
+    """All of the code pipe, in a mapping of a fixed size, off the Python heap: what a block
+    allocates, and so the addresses it sees, do not depend on the blocks after it."""
+    buf, size = mmap.mmap(-1, CODE_BUFFER), 0
+    while True:
+        if size == len(buf):  # absurdly long code: a bigger mapping (layouts may differ then)
+            bigger = mmap.mmap(-1, 2 * len(buf))
+            bigger[:size] = buf[:size]
+            buf = bigger
+        with memoryview(buf) as view:
+            got = os.readv(fd, [view[size:]])
+        if not got:
+            return memoryview(buf)[:size]
+        size += got
+
+
+def blocks(code: memoryview):
+    """Each block's source, decoded only when it is its turn."""
+    at = 0
+    while at + HEADER.size <= len(code):
+        (size,) = HEADER.unpack_from(code, at)
+        yield str(code[at + HEADER.size : at + HEADER.size + size], "utf-8", "surrogatepass")
+        at += HEADER.size + size
