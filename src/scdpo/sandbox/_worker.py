@@ -165,6 +165,7 @@ def configure(settings: dict) -> dict[str, bool]:
     mpl = MPL_CONFIG if private else os.path.join(workdir, ".matplotlib")
     os.environ.update(MPLBACKEND="Agg", MPLCONFIGDIR=mpl)
     features = {k: bool(settings[k]) for k in (*NAMESPACE_FEATURES, "seccomp")}
+    features.update(pid_reset=False, hidden_pids=False)
     if settings["private_mounts"]:  # root in its own sandbox: /proc is the sandbox's own
         settings["last_pid_fd"] = open_last_pid()
         features.update(pid_reset=settings["last_pid_fd"] is not None)
