@@ -58,6 +58,7 @@ PREIMPORT = [
     "IPython.lib.pretty",
 ]
 TMPFS_MB = 64  # size of the private /tmp; also the largest file the code may write
+SETTINGS_SIZE = 4096  # the worker's settings argument is padded to a multiple of this
 STARTUP_TIMEOUT = 120.0  # seconds for a worker to import numpy/sympy on a loaded machine
 # Beyond a block's timeout, how long the pool waits for its result before declaring the worker
 # dead: a fork, a fresh /tmp, killing and reaping the previous solution's processes.
@@ -253,7 +254,7 @@ class _Launch:
             if memory is not None:
                 settings["memcg"] = memory.files(str(memory.path))
             settings["mpl_cache"] = mpl_cache
-            argv = [*python, json.dumps(settings)]
+            argv = [*python, settings_argument(settings)]
         else:
             extra = []
             if memory is not None:
@@ -265,12 +266,19 @@ class _Launch:
                 extra += ["--ro-bind", mpl_cache, MPL_MOUNT, "--dir", _confine.MPL_CONFIG]
                 settings["mpl_cache"] = MPL_MOUNT
             prefix = _bwrap_argv(self.bwrap, self.privileged, extra)
-            argv = [*prefix, *python, json.dumps(settings)]
+            argv = [*prefix, *python, settings_argument(settings)]
         return cgroups.wrap(argv) if cgroups is not None else argv
 
     def close(self) -> None:
         if self.uids is not None:
             self.uids.release()
+
+
+def settings_argument(settings: dict) -> str:
+    """The worker's settings, padded to one length: the worker's memory, and so the addresses
+    its children's objects get, then do not depend on how many digits a setting has."""
+    text = json.dumps(settings)
+    return text.ljust(-(-len(text) // SETTINGS_SIZE) * SETTINGS_SIZE)
 
 
 def _make_launch(config: SandboxConfig) -> _Launch:
