@@ -153,7 +153,8 @@ def test_compose_bounds_any_valid_frame() -> None:
 
 SYMPY_RNG = (
     "import sympy\nfrom sympy.core import random as sympy_random\n"
-    "sympy.randprime(10**8, 10**9), sympy_random.random(), sympy_random.randint(0, 10**9)"
+    "sympy.randprime(10**8, 10**9), sympy_random.random(), sympy_random.randint(0, 10**9), "
+    "sympy.srepr(sympy.Dummy('x'))"
 )
 
 

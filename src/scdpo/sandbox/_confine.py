@@ -145,7 +145,7 @@ def clean_workdir(path: str, keep: set[str]) -> None:
 def seed_all(seed: int) -> None:
     """Same seed, same values: the pipeline re-runs earlier blocks at every submission. Every
     generator the supported libraries own: Python's, numpy's global one, sympy's own (randprime,
-    sympy.core.random) and tempfile's names."""
+    sympy.core.random; Dummy's indices) and tempfile's names."""
     import random
 
     random.seed(seed)
@@ -155,6 +155,10 @@ def seed_all(seed: int) -> None:
     sympy_random = sys.modules.get("sympy.core.random")
     if sympy_random is not None:
         sympy_random.seed(seed)
+    dummy = getattr(sys.modules.get("sympy.core.symbol"), "Dummy", None)
+    if hasattr(dummy, "_prng"):  # Dummy's indices start from a draw of its own generator
+        dummy._prng.seed(seed)
+        dummy._base_dummy_index = dummy._prng.randint(10**6, 9 * 10**6)
     tempfile = sys.modules.get("tempfile")
     names = getattr(tempfile, "_RandomNameSequence", None)
     if names is not None:
