@@ -157,18 +157,19 @@ def _parents(paths: list[str]) -> list[str]:
     return sorted(found, key=lambda p: (p.count("/"), p))
 
 
-def _bwrap_argv(bwrap: str, privileged: bool, extra: list[str] | None = None) -> list[str]:
+def _bwrap_argv(
+    bwrap: str, privileged: bool, extra: list[str] | None = None, worker: bool = True
+) -> list[str]:
     if privileged:
         # Not --unshare-all: a user namespace would map the sandbox's root to the real root,
         # whom the kernel exempts from RLIMIT_NPROC. Instead the worker keeps just the
         # capabilities to drop its children to an unused uid (see _worker.KEPT_CAPS). bwrap
         # hands it all of them: an exec that gains capabilities clears the personality flag
         # that turns address randomisation off, and the worker execs itself once to set it;
-        # then it drops the rest, from its bounding set too.
-        ns = (
-            "--unshare-ipc --unshare-pid --unshare-net --unshare-uts --unshare-cgroup-try"
-            " --cap-add ALL"
-        ).split()
+        # then it drops the rest, from its bounding set too. Anything else started this way
+        # (the font cache's build) gets none.
+        ns = "--unshare-ipc --unshare-pid --unshare-net --unshare-uts --unshare-cgroup-try".split()
+        ns += ["--cap-add" if worker else "--cap-drop", "ALL"]
     else:
         ns = ["--unshare-all"]  # unprivileged bwrap keeps no capabilities anyway
     argv = [bwrap, *ns, "--die-with-parent", "--as-pid-1", "--new-session"]
@@ -327,7 +328,8 @@ def _matplotlib_cache(bwrap: str | None, privileged: bool) -> str | None:
     build = [_python_executable(), "-s", "-B", "-c", code]
     if bwrap is not None:  # inside the sandbox's view of the file system
         extra = ["--perms", "0755", "--dir", os.path.dirname(MPL_MOUNT)]
-        build = [*_bwrap_argv(bwrap, privileged, [*extra, "--bind", str(base), MPL_MOUNT]), *build]
+        mounts = [*extra, "--bind", str(base), MPL_MOUNT]
+        build = [*_bwrap_argv(bwrap, privileged, mounts, worker=False), *build]
     env = dict(SANDBOX_ENV)
     done = subprocess.run(build, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode or not any(base.glob("fontlist-*.json")):
