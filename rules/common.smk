@@ -21,6 +21,7 @@ if not config:
 # Snakemake.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from scdpo.config import canonical, fill_defaults
+from scdpo.cpu import job_environment
 from scdpo.names import (
     SEED_MARK,
     VARIANTS,
@@ -41,6 +42,11 @@ with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as _schema:
     )
 # Every param below is cut from this config: written one way, equal values give equal params.
 config.update(canonical(config))
+
+# One CPU kernel path for every job, so that every x86-64 machine computes the same numbers, and
+# OpenMP threads that sleep instead of spinning on shared cores (scdpo.cpu; jobs inherit this
+# environment, and a SLURM job sets it again when its Snakemake parses this file).
+os.environ.update(job_environment(os.environ))
 
 
 # The interpreter of the training CLI (the shell rules): with conda, the rule's env's `python`

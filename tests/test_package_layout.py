@@ -20,6 +20,7 @@ PACKAGE = SRC / "scdpo"
 FLOORS = {
     0: [
         "names",
+        "cpu",
         "config",
         "tokens",
         "jsonl",
