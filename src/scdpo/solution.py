@@ -89,10 +89,74 @@ def split_points(blocks: list[Block]) -> list[int]:
     return [k for k in range(0, last + 1) if blocks[k].kind in ("text", "execution")]
 
 
+# --- chain-of-thought steps ----------------------------------------------------------------------
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# MetaMathQA ends every response with `The answer is: X`; its GSM8K-derived rows also keep the
+# `#### X` line of GSM8K. A solution ending so is split into lines even if it has blank lines.
+_METAMATH_END = re.compile(r"The answer is:")
+_ANSWER_LINE = re.compile(r"^\s*(?:####|The answer is\b)")
+_DISPLAY_START = re.compile(r"^\s*(?:\$\$|\\\[|\\begin\{)")
+# Display math that may span lines: $$...$$, \[...\] and \begin{env}...\end{env}. A `\\[2pt]`
+# line break inside an align is not an opening bracket (the backslash before it).
+_DOLLARS = re.compile(r"(?<!\\)\$\$")
+_OPEN_BRACKET = re.compile(r"(?<!\\)\\\[")
+_CLOSE_BRACKET = re.compile(r"(?<!\\)\\\]")
+_BEGIN_ENV = re.compile(r"\\begin\{")
+_END_ENV = re.compile(r"\\end\{")
+
+
+def _display_depth(line: str, depth: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(open $$ mod 2, open \\[, open environments) after `line`."""
+    dollars, brackets, envs = depth
+    dollars = (dollars + len(_DOLLARS.findall(line))) % 2
+    brackets = max(
+        0, brackets + len(_OPEN_BRACKET.findall(line)) - len(_CLOSE_BRACKET.findall(line))
+    )
+    envs = max(0, envs + len(_BEGIN_ENV.findall(line)) - len(_END_ENV.findall(line)))
+    return dollars, brackets, envs
+
+
+def _line_steps(solution_text: str) -> list[str]:
+    """One step per line of reasoning: a display equation stays whole (never split inside
+    $$...$$, \\[...\\] or an environment) and belongs to the line that introduces it; the final
+    `#### X` / `The answer is: X` lines belong to the last step."""
+    units: list[list[str]] = []
+    depth = (0, 0, 0)
+    for line in solution_text.split("\n"):
+        if any(depth):
+            units[-1].append(line)  # inside display math: the same step
+        elif line.strip():
+            if units and _DISPLAY_START.match(line):
+                units[-1].append(line)  # a display continues the sentence before it
+            else:
+                units.append([line])
+        depth = _display_depth(line, depth)
+    while len(units) > 1 and _ANSWER_LINE.match(units[-1][0]):
+        answer = units.pop()
+        units[-1] += answer
+    return ["\n".join(unit).strip() for unit in units]
+
+
 def cot_blocks(solution_text: str) -> list[Block]:
-    """A chain-of-thought solution's steps: text blocks split on blank lines."""
-    steps = [step.strip() for step in re.split(r"\n\s*\n", solution_text)]
+    """A chain-of-thought solution's steps as text blocks.
+
+    Paragraphs separated by blank lines are the steps, as before. A solution without blank lines,
+    or one that ends on MetaMathQA's `The answer is:` line (its steps are single lines, e.g.
+    `...= $500\\nSince John ...\\n#### 1200\\nThe answer is: 1200`), has one step per line of
+    reasoning instead (`_line_steps`): cut at blank lines only, nearly every MetaMathQA response
+    would be one block without a split point.
+    """
+    if _PARAGRAPH_BREAK.search(solution_text) and not _ends_like_metamath(solution_text):
+        steps = [step.strip() for step in _PARAGRAPH_BREAK.split(solution_text)]
+    else:
+        steps = _line_steps(solution_text)
     return [Block("text", step) for step in steps if step]
+
+
+def _ends_like_metamath(solution_text: str) -> bool:
+    lines = [line for line in solution_text.strip().split("\n") if line.strip()]
+    return bool(lines) and bool(_METAMATH_END.match(lines[-1].strip()))
 
 
 # --- the method's filters on samples -------------------------------------------------------------

@@ -3,6 +3,7 @@ continuations and answer lengths."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,9 +12,12 @@ import numpy as np
 import pandas as pd
 
 from scdpo.jsonl import read_jsonl
-from scdpo.results.data_scale import data_scale_table
+from scdpo.names import STEP_CONTROLLED, model_label
+from scdpo.results.data_scale import data_scale_table, source_of
 from scdpo.results.render import html_page, markdown_page
 from scdpo.solution import Block, render_blocks, render_solution
+
+log = logging.getLogger(__name__)
 
 
 def sampling_summary(samples: Sequence[dict]) -> dict:
@@ -49,6 +53,54 @@ def step_control_summary(negatives: Sequence[dict]) -> dict:
         "step-controlled negatives": found,
         "continuations per SC pair obtained": tries / found if found else math.nan,
     }
+
+
+_STEP_COUNTS = (
+    "solutions continued",
+    "split points",
+    "without a split point",
+    "continuations",
+    "step-controlled negatives",
+)
+
+
+def steps_by_source(negatives: Sequence[dict], pairs: Mapping[str, Sequence[dict]]) -> pd.DataFrame:
+    """Per source: the split points of the solutions continued and what they gave, so that a
+    source starved of step-controlled pairs shows (e.g. solutions whose steps were never cut into
+    blocks: one block, no split point). `pairs`: variant -> its train + eval pairs."""
+    rows: dict[str, dict] = {}
+    for question in negatives:
+        row = rows.setdefault(source_of(question["id"]), dict.fromkeys(_STEP_COUNTS, 0))
+        row["solutions continued"] += 1
+        row["split points"] += len(question["split_points"])
+        row["without a split point"] += not question["split_points"]
+        row["continuations"] += sum(int(n) for n in question["tries"].values())
+        row["step-controlled negatives"] += len(question["negatives"])
+    for variant, records in pairs.items():
+        sc = [p for p in records if p["kind"] == STEP_CONTROLLED]
+        if sc:
+            for source, row in rows.items():
+                column = f"{model_label(variant)} step-controlled pairs"
+                row[column] = sum(source_of(p["id"]) == source for p in sc)
+    table = []
+    for source, row in sorted(rows.items()):
+        n = row["solutions continued"]
+        per_solution = row["split points"] / n if n else math.nan
+        sc_pairs = [v for k, v in row.items() if k.endswith("step-controlled pairs")]
+        starved = []
+        if n and row["without a split point"] * 2 > n:
+            starved.append("most solutions have no split point")
+        if n and (not row["step-controlled negatives"] or (sc_pairs and not any(sc_pairs))):
+            starved.append("no step-controlled pairs")
+        table.append(
+            {
+                "source": source or "(untagged)",
+                **row,
+                "split points per solution": round(per_solution, 2),
+                "starved": "; ".join(starved),
+            }
+        )
+    return pd.DataFrame(table)
 
 
 def yield_by_split(negatives: Sequence[dict]) -> pd.DataFrame:
@@ -215,6 +267,10 @@ def data_stats_report(
     negatives = list(read_jsonl(negatives_path))
     pairs = {v: [p for path in paths for p in read_jsonl(path)] for v, paths in pair_paths.items()}
     scale = data_scale_table(samples, pairs, paper_model)
+    steps = steps_by_source(negatives, pairs)
+    for row in steps.to_dict("records"):
+        if row["starved"]:
+            log.warning("source %s: %s (data_stats.md)", row["source"], row["starved"])
     yields = yield_by_split(negatives)
     temps = wrong_temperatures(negatives)
     lengths = answer_lengths(samples, negatives)
@@ -222,6 +278,7 @@ def data_stats_report(
         ("Data per source, beside the paper's Table 1", scale),
         ("Naive sampling", _summary_frame(sampling_summary(samples))),
         ("Step-controlled generation", _summary_frame(step_control_summary(negatives))),
+        ("Split points and step-controlled pairs per source", steps),
         ("Yield per split index k", yields.round(3)),
         ("Temperature at which the wrong continuation ended", temps.round(2)),
         ("Answer lengths", length_summary(lengths)),
