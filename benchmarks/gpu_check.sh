@@ -7,6 +7,9 @@
 # 1. One venv with requirements.txt, but vLLM, transformers and numpy as envs/generate.yaml pins
 #    them, and without the SLURM plugin (it needs numpy >= 2.4.5, vLLM's mistral-common < 2.4).
 #    This set resolves on PyPI: vLLM 0.32.0 with TRL 1.16.0 on transformers 5.19.0.
+#    Then the GPU preflight (`python -m scdpo.gpu --vllm`, docs/envs.md "GPU driver"): the driver
+#    against the CUDA builds of torch and vLLM (PyPI's are CUDA 13.0: R580 or newer); on an older
+#    driver it stops here and names the CUDA 12.9 builds to install into the venv instead.
 # 2. Weights: the micro config's SFT model, trained on the GPU (a minute).
 # 3. Throughput: the same 200 questions' sampling through our frontier loop on the vLLM engine and
 #    on the transformers engine (CUDA); prints samples/s of each.
@@ -30,6 +33,7 @@ if [ ! -e "$VENV/.installed" ]; then
   "$VENV/bin/pip" install --quiet --no-deps -e "$REPO"
   touch "$VENV/.installed"
 fi
+"$VENV/bin/python" -m scdpo.gpu --vllm
 "$VENV/bin/python" -c 'import torch, vllm; assert torch.cuda.is_available(), "no GPU"; print("vllm", vllm.__version__, torch.cuda.get_device_name())'
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$VENV/bin:$PATH"

@@ -21,6 +21,7 @@ FLOORS = {
     0: [
         "names",
         "cpu",
+        "gpu",
         "config",
         "tokens",
         "jsonl",

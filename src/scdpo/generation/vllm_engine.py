@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from scdpo.generation.backends import Completion, Request
+from scdpo.gpu import preflight
 from scdpo.modeling import has_remote_code
 from scdpo.solution import END_OF_BLOCK, END_OF_MESSAGE
 from scdpo.tokens import leading_special_ids, prompt_ids
@@ -30,6 +31,7 @@ class VLLMBackend:
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
     ) -> None:
+        preflight("vLLM generation", vllm=True)  # the driver against the CUDA builds, first
         from vllm import LLM
 
         self.llm = LLM(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from scdpo import gpu
 from scdpo.jsonl import read_jsonl
 from scdpo.train.checkpoint import (
     EXIT_RESUMABLE,
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
     )
+    gpu.preflight("training")  # a driver too old for torch's CUDA build fails here, not on the CPU
     relaunch(args.launcher, argv)
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of each info line, from rank 0
