@@ -165,6 +165,12 @@ def test_preflight_required_for_vllm_and_for_jobs_given_gpus(monkeypatch, caplog
         gpu.preflight("training")
 
 
+def test_preflight_of_cpu_builds_on_a_cpu_job_asks_no_driver(monkeypatch):
+    monkeypatch.setattr(gpu, "read_driver", lambda: pytest.fail("driver read for a CPU job"))
+    monkeypatch.setattr(gpu, "installed_builds", lambda vllm=False: {"torch 2.13.0+cpu": None})
+    gpu.preflight("training", required=False)
+
+
 def test_the_vllm_engine_checks_before_it_imports_vllm(old_driver):
     from scdpo.generation.vllm_engine import VLLMBackend
 

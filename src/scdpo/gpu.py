@@ -217,7 +217,10 @@ def preflight(purpose: str, vllm: bool = False, required: bool | None = None) ->
     raises DriverError. required: default True for vLLM, else whether GPUs were requested."""
     if required is None:
         required = vllm or gpus_requested()
-    log.info("%s", check(purpose, installed_builds(vllm), read_driver(), required))
+    builds = installed_builds(vllm)
+    if not any(builds.values()) and not required:
+        return  # CPU builds on a CPU job: no driver to ask
+    log.info("%s", check(purpose, builds, read_driver(), required))
 
 
 def main(argv: list[str] | None = None) -> int:
