@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import _confine
+from . import _confine, _userns
 from ._cgroup import SOCKET_MB, WorkerCgroups
 
 log = logging.getLogger("scdpo.sandbox")
@@ -288,27 +288,41 @@ def _make_launch(config: SandboxConfig) -> _Launch:
     del settings["allow_unsandboxed"]
     settings.update(seccomp=True, memcg=None, mpl_cache=None, uid=None)
     bwrap = find_bwrap()
-    if bwrap is not None:
-        privileged = os.geteuid() == 0
+    privileged = os.geteuid() == 0
+    unusable = _unusable(bwrap, privileged) if bwrap is not None else None
+    if bwrap is not None and unusable is None:
         settings.update(pid1=True, workdir="/tmp", last_pid_fd=None)
         settings.update({key: privileged for key in _confine.NAMESPACE_FEATURES})
         uids = UidLease() if privileged else None
         return _Launch(bwrap, privileged, settings, "/", uids)
+    why = unusable or "bubblewrap (bwrap) is not installed (install the `bubblewrap` package)"
     if not config.allow_unsandboxed:
         raise SandboxError(
-            "bubblewrap (bwrap) is not installed: refusing to run model-written "
-            "code unsandboxed (install the `bubblewrap` package, or set "
-            "SandboxConfig(allow_unsandboxed=True) at your own risk)"
+            f"{why}. Refusing to run model-written code unsandboxed: see {_userns.DOCS} for the "
+            "options, one of them SandboxConfig(allow_unsandboxed=True) (config: "
+            "sandbox.allow_unsandboxed: true), at your own risk"
         )
     workdir = tempfile.mkdtemp(prefix="scdpo-sandbox-")
     log.warning(
-        "!!! bwrap not found: running model-written code UNSANDBOXED with your user's "
-        "rights (only resource limits apply); workdir %s !!!",
+        "!!! %s: running model-written code UNSANDBOXED with your user's rights (only resource "
+        "limits and the seccomp filter apply); workdir %s !!!",
+        why,
         workdir,
     )
     settings.update(pid1=False, workdir=workdir, last_pid_fd=None)
     settings.update({key: False for key in _confine.NAMESPACE_FEATURES})
     return _Launch(None, False, settings, workdir)
+
+
+@functools.cache
+def _unusable(bwrap: str, privileged: bool) -> str | None:
+    """Why bwrap cannot build the sandbox here (not root: no user namespaces, typically), asked
+    once per process before the first pool starts any worker; None when it can."""
+    argv = _bwrap_argv(bwrap, privileged, worker=False) + [_python_executable(), "-S", "-c", ""]
+    error = _userns.probe(argv)
+    if error is None:
+        return None
+    return _userns.explain(error, privileged, [] if privileged else _userns.sysctl_reasons())
 
 
 @functools.cache
