@@ -1,18 +1,26 @@
-"""Normalisation of answer strings, known dataset-quirk repairs and exact numeric values.
+"""Normalisation of answer strings and known dataset-quirk repairs.
 
 Everything here is cheap string work: it runs in-process for every verdict, so the common cases
-(integers, decimals, fractions, percentages) are decided without sympy.
+(integers, decimals, fractions, percentages) are decided without sympy. Units live in `units`,
+notations math-verify cannot parse in `notation`, exact values in `numbers` (re-exported here).
 """
 
 from __future__ import annotations
 
-import ast
 import re
-from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
 
-from scdpo.grading.chinese import chinese_numbers
+from scdpo.grading.chinese import PROTECTED, chinese_numbers
+from scdpo.grading.notation import matrices, python_notation, repeating_decimals, scientific
+from scdpo.grading.numbers import Number as Number
+from scdpo.grading.numbers import numeric_value as numeric_value
+from scdpo.grading.numbers import numeric_verdict as numeric_verdict
+from scdpo.grading.units import (
+    DEGREE_RE,
+    replace_text,
+    strip_signs,
+    strip_trailing_units,
+)
 
 # --- known quirks of widely circulated benchmark files ----------------------------------------
 # The MATH500 `answer` field lost characters when whitespace was stripped from it (9 of 500):
@@ -63,34 +71,26 @@ def repair_quirks(answer: str) -> str:
 # --- normalisation ----------------------------------------------------------------------------
 # Every pattern here is linear in the answer's length (no search back over the text before a
 # match, bounded passes for nesting): normalisation runs on whole looping generations too.
-_TEXT_CMD_RE = re.compile(
-    r"\\(text|textbf|textit|textrm|mathrm|mathbf|mbox|textnormal)\s*\{([^{}]*)\}(\^\{?\d\}?)?"
-)
-_BOLD = {"textbf", "mathbf"}  # vectors and emphasis, never units
-_CONNECTIVES = {"or", "and", "或", "和", "或者", "与", "及"}
 _CONNECTIVE_RE = re.compile(r"(?<=\S)\s+(?:or|and)\s+(?=\S)|(?<=\d)(?:或者?|和|与|及)(?=[-\d])")
-_MAX_PASSES = 4  # nesting levels of \text{} and \boxed{} unwrapped; deeper is not an answer
-_UNIT_WORDS = (
-    "cm|mm|km|inch|inches|ft|feet|foot|yd|yards?|miles?|meters?|metres?|centimeters?|"
-    "kilometers?|units?|sq|square|cubic|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|"
-    "seconds?|secs?|days?|weeks?|months?|years?|kg|grams?|kilograms?|pounds?|lbs?|ounces?|oz|"
-    "liters?|litres?|ml|gallons?|mph|people|students|eggs|points?|ways|edges|pages|"
-    "apples|cookies|marbles|books|coins|times"
-)
-_TRAILING_UNIT_RE = re.compile(rf"(?<=[\d}}])(?:\s*(?:{_UNIT_WORDS})(?:\^\{{?[23]\}}?)?\.?)+$")
+_MAX_PASSES = 4  # nesting levels of \boxed{} unwrapped; deeper is not an answer
 # Full-width forms (`１８％`, `（3，4）`) are their ASCII twins; `、` enumerates, `。` ends.
 _FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
 _FULL_WIDTH.update({0x3001: ",", 0x3000: " ", 0x2212: "-", 0x00D7: "\\times ", 0x00F7: "\\div "})
-_CJK_CHARS = "\u3000-\u303f\u4e00-\u9fff"
+_FULL_WIDTH.update({0x2248: "\\approx "})  # ≈
+_CJK_CHARS = f"\u3000-\u303f\u4e00-\u9fff{PROTECTED}"
 _CJK_RUN_RE = re.compile(rf"[{_CJK_CHARS}]+")
 _CJK_PUNCTUATION = "".join(map(chr, range(0x3000, 0x3040)))
-_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
+_ANSWER_WORD_RE = re.compile(r"^\s*(?:答案?|所以)[是为:]?\s*")
 _SPACING_RE = re.compile(
     r"(?<!\\)\\[,;:!> ]|~|\\(?:q?quad|displaystyle|left|right|[bB]ig{1,2}[lr]?)(?![a-zA-Z])"
 )
+# `\approx 3.14`, `approximately 3.14`: the value (a name before `\approx` goes as before `=`)
+_LEADING_APPROX_RE = re.compile(r"^(?:\\approx|approx\.?|approximately|about|around)\s*", re.I)
 _VAR = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?"
-# `x = 3`, `(x, y) = (3, 4)`: a name (or a tuple of names) set to the answer
-_ASSIGN_RE = re.compile(rf"^(?:{_VAR}|\(\s*{_VAR}(?:\s*,\s*{_VAR})+\s*\))\s*=\s*(?=[^=]+$)")
+# `x = 3`, `x \approx 3`, `(x, y) = (3, 4)`: a name (or a tuple of names) set to the answer
+_ASSIGN_RE = re.compile(
+    rf"^(?:{_VAR}|\(\s*{_VAR}(?:\s*,\s*{_VAR})+\s*\))\s*(?:=|\\approx(?![a-zA-Z]))\s*(?=[^=]+$)"
+)
 _CHOICE_RE = re.compile(r"^\(?([A-E])\)?[.:]?$")
 # `25_{6}`, `A3_{16}`: digits (one at least, or two letters, so `C_{16}` stays a name), a base
 _BASE_RE = re.compile(
@@ -120,33 +120,6 @@ def _strip_delimiters(answer: str) -> str:
     return answer
 
 
-def _after_value(text: str, end: int) -> bool:
-    """Whether text[:end] ends (spaces aside) in a value: a digit, `}`, `)` or `%`."""
-    i = end - 1
-    while i >= 0 and text[i].isspace():
-        i -= 1
-    return i >= 0 and (text[i].isdigit() or text[i] in "})%")
-
-
-def _replace_text(answer: str) -> str:
-    """`\\text{}` and friends: connectives become commas, units after a value are dropped."""
-
-    def repl(m: re.Match[str]) -> str:
-        command, content, power = m.group(1), m.group(2).strip(), m.group(3) or ""
-        if content.lower() in _CONNECTIVES:
-            return ","  # `5 \text{ or } 6` is the list 5, 6, never 5
-        unit = command not in _BOLD and not re.search(r"\d", content)
-        if unit and _after_value(m.string, m.start()):
-            return ""  # a unit after a value: `5 \text{ cm}`, `45 \text{ units}^2`
-        return content + power
-
-    for _ in range(_MAX_PASSES):
-        answer, count = _TEXT_CMD_RE.subn(repl, answer)
-        if not count:
-            break
-    return answer
-
-
 def _base_to_decimal(m: re.Match[str]) -> str:
     digits, base = m.group(1), int(m.group(2))
     if not 2 <= base <= 16 or any(int(d, 16) >= base for d in digits):
@@ -163,9 +136,18 @@ def _strip_cjk(answer: str) -> str:
     (`小明12个，小红15个` is the list 12, 15). An answer that is all words loses only its
     punctuation (`甲。` is 甲)."""
     core = _CJK_RUN_RE.sub("\0", answer).lstrip("\0 :,;!?").rstrip("\0 :,;!?.")
-    if not core.replace("\0", "").strip():
-        return answer.strip(_CJK_PUNCTUATION + " :,;.!?")
+    if not core.replace("\0", "").strip():  # words only: `答：甲。` is 甲
+        return _ANSWER_WORD_RE.sub("", answer).strip(_CJK_PUNCTUATION + " :,;.!?")
     return re.sub(r"(?<!\s)\s*\0[\0\s,;:.]*", ",", core)
+
+
+def _chinese(answer: str) -> str:
+    """Chinese numbers, then the words around them. A label (`第三名`) is a value only when the
+    sentence has no other: `答：第3天修了30米` is 30, `答：小明是第三名` is 3."""
+    text = chinese_numbers(answer, _strip_cjk)
+    if not _CJK_RUN_RE.search(text) or not re.search(r"[第期周级]", answer):
+        return text  # a value was found (or there is no label)
+    return chinese_numbers(answer, _strip_cjk, labels=False)
 
 
 def normalize(answer: str) -> str:
@@ -180,7 +162,8 @@ def _normalize_cached(answer: str) -> str:
     return _normalize(answer)
 
 
-def _normalize(answer: str) -> str:
+def _latex(answer: str) -> str:
+    """Delimiters, boxes, quirks, shorthand commands, dollars, digit grouping, degrees, text."""
     answer = _strip_delimiters(_unwrap_boxes(answer.strip().translate(_FULL_WIDTH)))
     answer = repair_quirks(answer)
     answer = re.sub(r"\\[dtc]frac", r"\\frac", answer)
@@ -189,16 +172,25 @@ def _normalize(answer: str) -> str:
     answer = answer.replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
     answer = re.sub(r"(?<=\d)\\,(?=\d{3})", "", answer)  # 1\,000 thin-space grouping
     answer = re.sub(r"(?<=\d),\\!(?=\d{3})", ",", answer)  # 1,\!000 (MATH)
-    answer = _DEGREE_RE.sub("", answer)
-    answer = _replace_text(answer)
+    answer = DEGREE_RE.sub("", answer)
+    return strip_signs(replace_text(answer))
+
+
+def _words(answer: str) -> str:
+    """Chinese words, connectives, spacing, scale words and units around the values."""
     if _CJK_RUN_RE.search(answer):
-        answer = _strip_cjk(chinese_numbers(answer))
+        answer = _chinese(answer)
     answer = _CONNECTIVE_RE.sub(",", answer)  # `5 or 6` as `5 \text{ or } 6`
     answer = re.sub(r",(?:\s*,)+", ",", answer)  # `1, 2, or 3`: one separator
-    answer = _SPACING_RE.sub(" ", answer)
-    answer = _TRAILING_UNIT_RE.sub("", answer.strip())
+    answer = repeating_decimals(_SPACING_RE.sub(" ", answer))  # before a final `.` goes
+    answer = matrices(python_notation(scientific(answer)))
+    answer = strip_trailing_units(answer.strip())
     answer = answer.strip().rstrip(".").strip()
-    answer = _ASSIGN_RE.sub("", answer)
+    return _ASSIGN_RE.sub("", _LEADING_APPROX_RE.sub("", answer))
+
+
+def _normalize(answer: str) -> str:
+    answer = _words(_latex(answer))
     thousands = _THOUSANDS_RE.match(answer)  # before spaces go: `1, 100` is no thousands
     if thousands:
         answer = "".join(g or "" for g in thousands.groups()).replace(",", "")
@@ -210,86 +202,3 @@ def _normalize(answer: str) -> str:
     answer = _BASE_RE.sub(_base_to_decimal, answer)
     answer = _TRAILING_ZEROS_RE.sub(_strip_zeros, answer)
     return re.sub(r"(?<![\d.])\.(?=\d)", "0.", answer)
-
-
-# --- exact numeric values -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Number:
-    """An exact value; `percent` when written with %, `decimal` when written with a point."""
-
-    value: Fraction
-    percent: bool
-    decimal: bool
-
-    @property
-    def scaled(self) -> Fraction:
-        return self.value / 100 if self.percent else self.value
-
-
-_FRAC_RE = re.compile(r"\\frac\{([^{}]*)\}\{([^{}]*)\}|\\frac(\d)(\d)")
-_MIXED_RE = re.compile(r"^(-?)(\d+)(?:\\frac\{(\d+)\}\{(\d+)\}|\((\d+)/(\d+)\))$")
-_ARITH_RE = re.compile(r"^[\d.+\-*/()]+$")
-
-
-def _eval_arith(node: ast.AST, source: str) -> Fraction:
-    """Exact value of a + - * / expression tree; literals are read from the source text, since
-    Python floats would round `0.1234567890123456789`."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-        return Fraction(source[node.col_offset : node.end_col_offset])
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        value = _eval_arith(node.operand, source)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
-        left, right = _eval_arith(node.left, source), _eval_arith(node.right, source)
-        if isinstance(node.op, ast.Add):
-            return left + right
-        if isinstance(node.op, ast.Sub):
-            return left - right
-        if isinstance(node.op, ast.Mult):
-            return left * right
-        return left / right
-    raise ValueError("not plain arithmetic")
-
-
-def _mixed(m: re.Match[str]) -> Fraction:
-    whole = int(m.group(2))
-    num, den = (m.group(3), m.group(4)) if m.group(3) else (m.group(5), m.group(6))
-    value = whole + Fraction(int(num), int(den))
-    return -value if m.group(1) else value
-
-
-@lru_cache(maxsize=4096)
-def numeric_value(norm: str) -> Number | None:
-    """Exact value of a normalised answer made of numbers, fractions and + - * / only."""
-    percent = norm.endswith("%")
-    text = norm[:-1] if percent else norm
-    if not text or len(text) > 200:
-        return None
-    mixed = _MIXED_RE.match(text)  # `1\frac{9}{10}` (MATH) and `3(7/11)` (APE) are mixed numbers
-    if mixed:
-        return Number(_mixed(mixed), percent, False)
-    text = text.replace("\\cdot", "*").replace("\\times", "*").replace("\\div", "/")
-    prev = None
-    while prev != text:
-        prev, text = text, _FRAC_RE.sub(lambda m: f"(({m[1] or m[3]})/({m[2] or m[4]}))", text)
-    if not _ARITH_RE.match(text) or "**" in text or "//" in text:
-        return None
-    try:
-        text = re.sub(r"(?<![\d.])0+(?=\d)", "", text)  # `007`: Python rejects leading zeros
-        value = _eval_arith(ast.parse(text, mode="eval").body, text)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return None
-    return Number(value, percent, "." in text)
-
-
-def numeric_verdict(pred: Number, ref: Number) -> bool | None:
-    """Equal, not equal, or None when only math-verify's rounding rule can tell."""
-    if pred.scaled == ref.scaled:
-        return True
-    if pred.percent != ref.percent:  # `20%` against 20: the percent sign alone was dropped
-        if pred.value == ref.value:
-            return True
-    close = abs(pred.scaled - ref.scaled) <= Fraction(1, 10**6)
-    if close and (pred.decimal or ref.decimal):
-        return None  # 0.333333 against 1/3: math-verify's rule (both rounded to 6 places) decides
-    return False
