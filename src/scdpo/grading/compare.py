@@ -144,19 +144,53 @@ def _assignments(parts: list[str], norm: str) -> Shape:
 # --- single values -------------------------------------------------------------------------------
 
 
-def value_side(pred: str, ref: str) -> str | None:
-    """The part of a predicted `lhs = rhs` to compare with a gold that has no `=`.
+_SIDE_RE = re.compile(r"=|\\approx(?![a-zA-Z])")
+_RELATION_OPS = ("<", ">", "\\le", "\\ge", "\\ne")
 
-    `2+3=5` and chains `A=\\pi r^2=4\\pi` are read as their last side (single-variable `x = 5` was
-    already reduced by normalisation), but one equation in variables such as `10x-4y-5z-20=0` is
-    not a value: math-verify would compare its right side 0 with the gold, so it is ruled out here
-    (None).
-    """
-    if "=" not in pred or "=" in ref or any(op in pred for op in ("<", ">", "\\le", "\\ge")):
-        return pred
-    lhs, rhs = pred.rsplit("=", 1)
+
+def _top_level_constant(text: str) -> bool:
+    """Whether `text` has a digit outside brackets that is no exponent or index (`x^2`, `a_1`)."""
+    depth, script = 0, False
+    for ch in text:
+        depth += 1 if ch in "([{" else -1 if ch in ")]}" else 0
+        if depth == 0 and ch.isdigit() and not script:
+            return True
+        script = (ch in "^_") or (script and ch.isdigit())
+    return False
+
+
+def is_name(lhs: str) -> bool:
+    """What an answer may name on the left of `=`: `f(x)`, `f^{-1}(x)`, `\\angle B`, `AB`,
+    `a_n`, `a+b`, `x^2+y^2`, `\\frac{a}{b}`; not an equation (`10x-4y-5z-20`, `2x`, `x+1`:
+    a constant outside brackets)."""
     free = re.sub(r"\\[a-zA-Z]+", "", lhs)  # command names (\frac, \pi) are not variables
-    return None if "=" not in lhs and re.search(r"[a-zA-Z]", free) else rhs
+    if not lhs or not re.search(r"[a-zA-Z]", free) or not (lhs[0].isalpha() or lhs[0] == "\\"):
+        return False
+    return not _top_level_constant(lhs)
+
+
+def value_sides(pred: str, ref: str) -> list[str] | None:
+    """The parts of a predicted `lhs = rhs` (or `\\approx`) to compare with a gold that has no
+    `=`; any of them equal means equal.
+
+    `2+3=5`, chains `A=\\pi r^2=4\\pi` and names (`f(x) = 2x+1`, `\\angle B = 75`) are read as
+    their last side; before an `\\approx` the exact value counts too (`2\\sqrt3 \\approx 3.46` is
+    both). One equation in variables such as `10x-4y-5z-20=0` is not a value: math-verify would
+    compare its right side 0 with the gold, so it is ruled out here (None).
+    """
+    if "=" in ref or any(op in pred for op in _RELATION_OPS) or not _SIDE_RE.search(pred):
+        return [pred]
+    sides = _SIDE_RE.split(pred)
+    first = re.sub(r"\\[a-zA-Z]+", "", sides[0])
+    if len(sides) == 2 and re.search(r"[a-zA-Z]", first) and not is_name(sides[0]):
+        return None
+    values = [sides[-1]]
+    for side, sep in zip(sides[1:-1], _SIDE_RE.findall(pred)[1:], strict=True):
+        if sep != "=" and not is_name(side):  # the exact side of an approximation
+            values.append(side)
+    if "=" not in _SIDE_RE.findall(pred)[0] and not is_name(sides[0]):
+        values.append(sides[0])
+    return [v for v in values if v]
 
 
 def _not_a_number(answer: str) -> bool:
@@ -168,12 +202,27 @@ def _not_a_number(answer: str) -> bool:
     return bool(letters - {"e", "i"})
 
 
+# Words compared as text, whatever their case (`\text{Even}` is even); shorter letter strings
+# may be products (`ab`), which math-verify compares (it also takes `no` for `on`: n*o = o*n)
+_ANSWER_WORDS = {"yes", "no", "odd", "even", "none", "all", "true", "false", "both", "neither"}
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+
+
+def _words(pred: str, ref: str) -> bool:
+    if not (_WORD_RE.fullmatch(pred) and _WORD_RE.fullmatch(ref)):
+        return False
+    lower = {pred.lower(), ref.lower()}
+    return bool(lower & _ANSWER_WORDS) or min(len(pred), len(ref)) >= 4
+
+
 def fast_verdict(pred: str, ref: str) -> bool | None:
     """Verdict on two normalised single values without sympy, or None when it needs sympy."""
     if pred == ref:
         return True
     if not pred or not ref:
         return False
+    if _words(pred, ref):
+        return pred.lower() == ref.lower()
     pred_value, ref_value = numeric_value(pred), numeric_value(ref)
     if pred_value is not None and ref_value is not None:
         return numeric_verdict(pred_value, ref_value)
@@ -190,6 +239,14 @@ def fast_verdict(pred: str, ref: str) -> bool | None:
 def _equal(pred: str, ref: str, symbolic: Symbolic) -> bool:
     verdict = fast_verdict(pred, ref)
     return symbolic(ref, pred) if verdict is None else verdict
+
+
+def _equal_any(preds: list[str], ref: str, symbolic: Symbolic) -> bool:
+    """Any of several readings of one answer equal: the fast verdicts first."""
+    verdicts = [fast_verdict(p, ref) for p in preds]
+    if any(verdicts):
+        return True
+    return any(v is None and symbolic(ref, p) for p, v in zip(preds, verdicts, strict=True))
 
 
 # --- several values -------------------------------------------------------------------------------
@@ -231,9 +288,13 @@ _UNORDERED = {"list", "set"}
 
 def compare_shapes(pred: Shape, ref: Shape, symbolic: Symbolic) -> bool:
     """Compare two modelled shapes as the reference demands (see the module docstring)."""
+    if ref.kind == "one" and pred.kind in _UNORDERED and len(pred.items) > 1:
+        # one answer written twice (`\\boxed{x+11}` or `\\boxed{11+x}`) is that answer;
+        # `x = 5 or x = 6` is not 5, nor `\\pm 3` 3
+        return all(_equal(item, ref.items[0], symbolic) for item in pred.items)
     if ref.kind == "one" or pred.kind == "one":
         if len(pred.items) != 1 or len(ref.items) != 1:
-            return False  # `x = 5 or x = 6` is not 5; 5 is not `5, 6`
+            return False  # 5 is not `5, 6`
         return _equal(pred.items[0], ref.items[0], symbolic)
     if ref.kind == "tuple":
         items = pred.items
@@ -244,6 +305,20 @@ def compare_shapes(pred: Shape, ref: Shape, symbolic: Symbolic) -> bool:
     if pred.kind == "tuple" and ref.kind == "set":
         return False  # `x=3, y=4` or `(3, 4)` is a point, not the solutions of one variable
     return _as_sets(pred.items, ref.items, symbolic)
+
+
+_NUMBER_RE = re.compile(r"\\frac\{[^{}]*\}\{[^{}]*\}|\d+(?:\.\d+)?(?:/\d+)?%?")
+_HANZI_RE = re.compile(r"[\u4e00-\u9fff]")
+_JOINED_RE = re.compile(r"^[\s,，、;；]*(?:或者?|和|与|及|或是)?[\s,，、;；]*$")
+
+
+def _answer_sentence(answer: str) -> bool:
+    """A Chinese answer sentence whose values only words separate (`答：小明有12个，小红有15
+    个。`), not a list (`12和15`, `12、15`): its answer is its last value."""
+    if not _HANZI_RE.search(answer) or "、" in answer:
+        return False
+    gaps = _NUMBER_RE.split(answer)[1:-1]
+    return bool(gaps) and all(_HANZI_RE.search(g) and not _JOINED_RE.match(g) for g in gaps)
 
 
 def decide(answer: str, reference: str, symbolic: Symbolic) -> bool:
@@ -258,7 +333,9 @@ def decide(answer: str, reference: str, symbolic: Symbolic) -> bool:
     ref_shape, pred_shape = shape(ref), shape(pred)
     if "opaque" in (ref_shape.kind, pred_shape.kind):
         return _equal(pred, ref, symbolic)  # math-verify on the whole answers
+    if ref_shape.kind == "one" and pred_shape.kind == "list" and _answer_sentence(answer):
+        pred, pred_shape = pred_shape.items[-1], Shape("one", pred_shape.items[-1:])
     if pred_shape.kind == "one" and ref_shape.kind == "one":
-        pred = value_side(pred, ref)
-        return pred is not None and _equal(pred, ref, symbolic)
+        sides = value_sides(pred, ref)
+        return sides is not None and _equal_any(sides, ref, symbolic)
     return compare_shapes(pred_shape, ref_shape, symbolic)

@@ -56,11 +56,18 @@ def _parse(answer: str) -> list:
 
 
 def verify_in_process(gold: str, pred: str) -> bool:
-    """math-verify on two normalised answers, without any time limit (callers provide one)."""
+    """math-verify on two normalised answers, without any time limit (callers provide one).
+
+    A relation and a set compare both ways (`x \\ge 2` is `[2, \\infty)`); math-verify's
+    default allows it only for a set predicted against a relation.
+    """
     from math_verify import verify
 
     try:
-        return bool(verify(_parse(gold), _parse(pred), timeout_seconds=None))
+        gold_parsed, pred_parsed = _parse(gold), _parse(pred)
+        return bool(
+            verify(gold_parsed, pred_parsed, timeout_seconds=None, allow_set_relation_comp=True)
+        )
     except Exception:  # noqa: BLE001 - a verdict must never raise
         logger.debug("math-verify raised on %r vs %r", gold, pred, exc_info=True)
         return False
