@@ -6,9 +6,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from scdpo.grading.statements import gsm8k_answer, output_answer, refers_to_output, stated_answer
+
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*")
-_STRAY_WORD_RE = re.compile(r"^[A-Za-z]{2,}\s*(?=[-+$\d])")  # `#### the300`
-_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _MARKER = "<|"  # pipeline block markers: a text carrying them is a solution, not a bare answer
 
 
@@ -53,84 +53,80 @@ def extract_answer(solution: str) -> str | None:
     return None if box is None else box[0]
 
 
-# Between boxes that together state one answer: `\boxed{2}, \boxed{-3}`, `\boxed{2} or \boxed{3}`
+# Between boxes that together state one answer: `\boxed{2}, \boxed{-3}`, `\boxed{2} or \boxed{3}`,
+# `$x = \boxed{2}$ and $x = \boxed{-3}$` (the same name before each)
 _MAX_GAP = 40  # characters between two such boxes (the gap pattern backtracks on long runs)
+_MAX_BOXES = 64  # boxes joined at most; more in a row is a loop, not an answer
 _BOX_GAP_RE = re.compile(r"[\s$,;]*(?:(?:\\text\{\s*)?(?:and|or|或|和)\}?)?[\s$,;]*")
+_NAME_BEFORE_RE = re.compile(r"((?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?)\s*=\s*\$?\s*$")
+
+
+def _name_before(solution: str, start: int) -> tuple[str | None, int]:
+    """The name set to the box at `start` (`x = \\boxed{2}`) and where that name starts."""
+    m = _NAME_BEFORE_RE.search(solution, max(0, start - 20), start)
+    return (m.group(1), m.start()) if m else (None, start)
 
 
 def boxed_answers(solution: str) -> str | None:
     """The last box, joined with the boxes right before it that only commas or `and` / `or`
-    separate (`\\boxed{2}, \\boxed{-3}` is the list 2, -3); None as for `extract_answer`."""
+    separate (`\\boxed{2}, \\boxed{-3}` is the list 2, -3), the same name set to each; the same
+    answer boxed twice is one answer. None as for `extract_answer`."""
     matches = list(_BOX_RE.finditer(solution))
     if not matches:
         return None
     last = _box_at(solution, matches[-1])
     if last is None:
         return None
-    values, start = [last[0]], matches[-1].start()
-    for match in reversed(matches[:-1]):
+    name, start = _name_before(solution, matches[-1].start())
+    values = [last[0]]
+    for match in reversed(matches[-_MAX_BOXES:-1]):
         box = _box_at(solution, match)
         if box is None or not 0 <= start - box[1] <= _MAX_GAP:
             break
         if not _BOX_GAP_RE.fullmatch(solution, box[1], start):
             break
-        values.append(box[0])
-        start = match.start()
+        previous, start = _name_before(solution, match.start())
+        if previous != name:
+            break
+        if re.sub(r"\s", "", box[0]) not in {re.sub(r"\s", "", v) for v in values}:
+            values.append(box[0])
     return ", ".join(reversed(values))
 
 
-def gsm8k_answer(solution: str) -> str | None:
-    """What follows the last `####` of a solution, on its line: `#### 3/4` is 3/4, not 4.
+_BLOCK_RE = re.compile(r"<\|(text|code|execution)\|>(.*?)(?=<\|)", re.S)
 
-    A stray word glued to the number (`#### the300`) and a final full stop are dropped, and a
-    thousands-separated integer (`#### 2,125`) loses its commas (`1, 100` is a list and stays).
-    """
-    start = solution.rfind("####")
-    if start < 0:
+
+def _code_answer(solution: str) -> str | None:
+    """A code-integrated solution (pipeline markers): the last statement of its text blocks;
+    else, when its last text only refers to it, the last execution output's answer."""
+    blocks = _BLOCK_RE.findall(solution + "<|")
+    stated = stated_answer("\n".join(content for kind, content in blocks if kind == "text"))
+    if stated is not None:
+        return stated
+    outputs = [i for i, (kind, _) in enumerate(blocks) if kind == "execution"]
+    if not outputs:
         return None
-    line = solution[start + 4 :].split("\n", 1)[0].strip()
-    line = _STRAY_WORD_RE.sub("", line).rstrip("。．.").strip()
-    if _THOUSANDS_RE.fullmatch(line):
-        line = line.replace(",", "")
-    return line or None
-
-
-def chinese_answer(solution: str) -> str | None:
-    """The last `答：...` of a solution, to the end of its line (`答：共有12个。`)."""
-    start = max(solution.rfind("答："), solution.rfind("答:"))
-    if start < 0:
-        return None
-    return solution[start:].split("\n", 1)[0].strip() or None
-
-
-_ANSWER_IS_RE = re.compile(r"the answer is\s*:?", re.IGNORECASE)
-
-
-def answer_is(solution: str) -> str | None:
-    """What follows the last `The answer is:` on its line (MetaMath's chain-of-thought ending),
-    without a final full stop or math-mode dollars."""
-    matches = list(_ANSWER_IS_RE.finditer(solution))
-    if not matches:
-        return None
-    line = solution[matches[-1].end() :].split("\n", 1)[0].strip()
-    line = line.rstrip("。．.").strip().strip("$").strip()
-    return line or None
+    after = "\n".join(content for kind, content in blocks[outputs[-1] :] if kind == "text")
+    return output_answer(blocks[outputs[-1]][1]) if refers_to_output(after) else None
 
 
 def predicted_answer(solution: str) -> str | None:
     """The final answer a solution states, or None when it states none.
 
-    The last box; else the last `#### ` line (GSM8K); else the last `The answer is:` line
-    (MetaMath); else the last `答：` line; else the text itself as a bare answer, unless it is a
-    whole solution (pipeline markers or several lines).
+    The last box (a boxed answer beats any answer phrase); else the last answer statement
+    (`####`, `The answer is:`, Minerva's `The final answer is`, `答：`; see `statements`), in the
+    text blocks of a code-integrated solution or its last execution output when the text only
+    refers to it; else the text itself as a bare answer, unless it is a whole solution (pipeline
+    markers or several lines).
     """
     if "\\boxed" in solution or "\\fbox" in solution:
         return boxed_answers(solution)  # None when the last box is unclosed (truncated)
-    for find in (gsm8k_answer, answer_is, chinese_answer):
-        found = find(solution)
-        if found is not None:
-            return found
-    if _MARKER in solution or "\n" in solution.strip():
+    if _MARKER in solution:
+        return _code_answer(solution)
+    found = stated_answer(solution)
+    if found is not None:
+        return found
+    if "\n" in solution.strip():
         return None
     return solution
 
