@@ -51,6 +51,8 @@ def _fast(pred: str, ref: str) -> bool | None:
         ("15 percent", "15%"),
         ("x = 40 minutes", "40"),
         ("12 apples, 15 pears", "12, 15"),
+        (r"\$18/hour", "18"),
+        ("2 1/2 hours", "2.5"),  # a mixed number with a space, not 21/2
     ],
 )
 def test_units_and_words_after_the_value(pred: str, ref: str) -> None:
@@ -76,6 +78,9 @@ def test_units_and_words_after_the_value(pred: str, ref: str) -> None:
         ("12 apples, 15 pears", "12"),  # a list is not its first value
         ("15 percent", "0.2"),
         ("4 more than x", "4"),  # words that do not end the answer stay
+        (r"\$19/hour", "18"),
+        ("2 1/2 hours", "10.5"),
+        ("2 1/2 hours", "2"),
     ],
 )
 def test_units_near_misses(pred: str, ref: str) -> None:
@@ -107,6 +112,9 @@ def test_units_decided_without_math_verify() -> None:
         ("#### 7\nWait, so the answer is 8.", "8"),
         (r"The answer is $\boxed{9}$. Final Answer: The final answer is $10$.", "9"),  # box first
         ("所以答案是12。", "答案是12。"),
+        ("**Answer:** 42", "42"),  # markdown emphasis
+        ("**Final Answer**: $7$", "7"),
+        ("The answer to the question is 42.", "42"),
         ("Let us see.\nThe answer is as follows.", None),
     ],
 )

@@ -11,7 +11,13 @@ import re
 from functools import lru_cache
 
 from scdpo.grading.chinese import PROTECTED, chinese_numbers
-from scdpo.grading.notation import matrices, python_notation, repeating_decimals, scientific
+from scdpo.grading.notation import (
+    matrices,
+    python_notation,
+    repeating_decimals,
+    scientific,
+    spaced_mixed,
+)
 from scdpo.grading.numbers import Number as Number
 from scdpo.grading.numbers import numeric_value as numeric_value
 from scdpo.grading.numbers import numeric_verdict as numeric_verdict
@@ -183,7 +189,7 @@ def _words(answer: str) -> str:
     answer = _CONNECTIVE_RE.sub(",", answer)  # `5 or 6` as `5 \text{ or } 6`
     answer = re.sub(r",(?:\s*,)+", ",", answer)  # `1, 2, or 3`: one separator
     answer = repeating_decimals(_SPACING_RE.sub(" ", answer))  # before a final `.` goes
-    answer = matrices(python_notation(scientific(answer)))
+    answer = matrices(python_notation(scientific(spaced_mixed(answer))))
     answer = strip_trailing_units(answer.strip())
     answer = answer.strip().rstrip(".").strip()
     return _ASSIGN_RE.sub("", _LEADING_APPROX_RE.sub("", answer))

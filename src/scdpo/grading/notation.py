@@ -75,6 +75,15 @@ _E_NOTATION_RE = re.compile(rf"(?<![\w.\\]){_NUMBER}[eE]([-+]?\d{{1,3}})(?![\w.]
 _TIMES_TEN_RE = re.compile(
     rf"(?<![\w.\\]){_NUMBER}\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*(?:\{{\s*([-+]?\d{{1,3}})\s*\}}|(\d))"
 )
+# `2 1/2` (GSM8K-style mixed number): with the space gone it would read 21/2
+_SPACED_MIXED_RE = re.compile(r"(?<![\d.,/])(\d+)\s+(\d+)/(\d+)(?![\d.,/])")
+
+
+def spaced_mixed(text: str) -> str:
+    """`2 1/2` as `(2+1/2)`; run while the spaces are still there."""
+    return _SPACED_MIXED_RE.sub(r"(\1+\2/\3)", text) if "/" in text else text
+
+
 _E_HINT_RE = re.compile(r"\d[eE][-+]?\d")
 _TEN_HINT_RE = re.compile(r"10\s*\^")
 _SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9}

@@ -14,7 +14,11 @@ _STRAY_WORD_RE = re.compile(r"^[A-Za-z]{2,}\s*(?=[-+$\d])")  # `#### the300`
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 # English answer phrases (MetaMath's `The answer is:`, Minerva's `The final answer is`, `Answer:`)
-_PHRASE_RE = re.compile(r"\b(?:final\s+)?answers?(?:\s+(?:is|are)|\s*:)\s*:?", re.IGNORECASE)
+_PHRASE_RE = re.compile(
+    r"\b(?:final\s+)?answers?(?:\s+to\s+(?:the|this)\s+(?:question|problem))?\**"
+    r"(?:\s+(?:is|are)|\s*:)\s*:?",
+    re.IGNORECASE,
+)
 _CHINESE_RE = re.compile(r"答案?[是为]?[:：]|答案[是为]")
 # Words that say something about the answer instead of stating it
 _NOT_AN_ANSWER_RE = re.compile(
@@ -56,8 +60,8 @@ def _rest_of_line(text: str, start: int) -> str:
 
 
 def _phrase_answer(text: str, m: re.Match[str]) -> str | None:
-    tail = _cut_sentence(_rest_of_line(text, m.end()).strip().lstrip(":").strip())
-    tail = tail.strip().rstrip("。．.").strip().strip("$").strip()
+    tail = _cut_sentence(_rest_of_line(text, m.end()).strip(" *:"))  # `**Answer:** 42`
+    tail = tail.strip(" *").rstrip("。．.").strip(" *$")
     if not tail or _NOT_AN_ANSWER_RE.match(tail):
         return None
     if _REFERS_RE.search(tail) and not re.search(r"\d", tail):

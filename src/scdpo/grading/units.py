@@ -104,7 +104,7 @@ _UNIT = rf"(?:{_UNITS})(?![A-Za-z])"
 _SPACED = rf"(?<![\\A-Za-z])(?!(?:{_NOT_UNITS})(?![A-Za-z]))(?=[A-Za-z]{{3}}){_WORD}(?![A-Za-z])"
 _POWER = r"(?:\^\s*\{?\s*[23]\s*\}?|[²³])?"
 _NEXT = rf"(?:\s*(?:/|\bper\b)\s*(?:{_UNIT}|{_SPACED})|\s+(?:{_UNIT}|{_SPACED})){_POWER}\.?"
-_FIRST = rf"(?:\s*{_UNIT}|\s+{_SPACED}){_POWER}\.?"
+_FIRST = rf"(?:\s*(?:/|\bper\b)\s*(?:{_UNIT}|{_SPACED})|\s*{_UNIT}|\s+{_SPACED}){_POWER}\.?"
 _PAREN = rf"\s*\(\s*(?:{_UNIT}|{_SPACED})(?:\s+(?:{_UNIT}|{_SPACED}))*+\s*\)"
 # Trailing units after a value, at the end of the answer or of one of its list items
 _LETTER_RE = re.compile(r"[A-Za-z]")
