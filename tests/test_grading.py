@@ -280,3 +280,20 @@ def test_audit_benchmark_records_and_missing_checkers(
     assert "4 items" in out and "ours: 4 equal (100.0%)" in out
     assert "gold='3/4'" in out  # math-verify alone misses `答：3/4。`
     assert "not installed" in out or "ours vs minerva" in out
+
+
+def test_audit_lists_every_disagreement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 28: a user reviews the grader on their own outputs, every disagreement with its line.
+    path, out = tmp_path / "preds.jsonl", tmp_path / "disagreements.jsonl"
+    records = [{"answer": str(n), "prediction": f"解：\n答：共有{n}个。"} for n in range(60)]
+    records.append({"answer": "0.0000013", "prediction": r"\boxed{0.0000012}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert audit_main([str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 61 and all(r["ours"] != r["math-verify"] for r in rows)
+    assert "more (--show)" not in printed
+    assert {"where", "pred", "pred_normalised", "gold", "solution_end"} <= set(rows[0])
+    for row in rows:
+        assert f"{row['where']}: ours={int(row['ours'])}" in printed
+    assert any(r["where"] == "line 61" and not r["ours"] for r in rows)  # tiny decimals
