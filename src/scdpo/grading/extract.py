@@ -77,12 +77,14 @@ def boxed_answers(solution: str) -> str | None:
     last = _box_at(solution, matches[-1])
     if last is None:
         return None
-    name, start = _name_before(solution, matches[-1].start())
-    values = [last[0]]
+    values, start = [last[0]], matches[-1].start()
+    name: str | None = ""  # looked up only when a box comes close before the last one
     for match in reversed(matches[-_MAX_BOXES:-1]):
         box = _box_at(solution, match)
         if box is None or not 0 <= start - box[1] <= _MAX_GAP:
             break
+        if name == "":
+            name, start = _name_before(solution, start)
         if not _BOX_GAP_RE.fullmatch(solution, box[1], start):
             break
         previous, start = _name_before(solution, match.start())

@@ -195,7 +195,12 @@ def _words(answer: str) -> str:
     return _ASSIGN_RE.sub("", _LEADING_APPROX_RE.sub("", answer))
 
 
+_PLAIN_NUMBER_RE = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
+
+
 def _normalize(answer: str) -> str:
+    if _PLAIN_NUMBER_RE.fullmatch(answer):  # most answers: nothing but trailing zeros to do
+        return _TRAILING_ZEROS_RE.sub(_strip_zeros, answer.strip())
     answer = _words(_latex(answer))
     thousands = _THOUSANDS_RE.match(answer)  # before spaces go: `1, 100` is no thousands
     if thousands:
