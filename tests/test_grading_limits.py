@@ -1,17 +1,26 @@
-"""The hard time limit over a whole verdict, linear-time normalisation, and the persistent pool."""
+"""The hard time limit over a whole verdict, and the pool of forked verdict children.
+
+No assertion here is on elapsed time (a slower or busier machine would miss it): a limit is
+checked by what it does (the verdict counts as not equal, is counted and logged, the child is
+replaced by a fork of the same warm zygote). `benchmarks/grading_limits.py` measures the times:
+verdicts at their limit, the verdict after a timeout, normalisation's growth with the input.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
+import os
+import signal
+from pathlib import Path
 
 import pytest
 
-from scdpo.grading import grade, grade_many, normalize, stats
-from scdpo.grading.symbolic import pool
+from scdpo.grading import _INLINE_LENGTH, _prepare, grade, grade_many, stats
+from scdpo.grading._pool import pool
 
 LIMIT = 1.0
 MB = 1_000_000
+SLOW = r"9^{9^{9^{9}}}"  # sympy never finishes it: every verdict on it hits its limit
 
 # Looping generations of about 1 MB, each repeating a form that normalisation rewrites.
 LOOPS = {
@@ -25,69 +34,82 @@ LOOPS = {
 }
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _warm_worker() -> None:
-    grade("x+1", "1+x")  # start the worker outside the timed regions
+def _warm_pool() -> None:
+    pool(1).warm()
 
 
 @pytest.mark.parametrize("name", LOOPS)
-def test_looping_answer_within_limit(name: str) -> None:
-    start = time.monotonic()
+def test_a_looping_answer_goes_whole_to_the_child(name: str) -> None:
+    # The caller extracts (linear) and decides short answers only; normalising a long one is the
+    # child's work, under the limit.
+    verdict, (answer, _) = _prepare(LOOPS[name], "7")
+    assert verdict is None or len(answer) <= _INLINE_LENGTH
     assert grade(LOOPS[name], "7", timeout=LIMIT) is False
-    assert time.monotonic() - start < 1.5 * LIMIT
-    start = time.monotonic()
-    grade(LOOPS[name], "5", timeout=LIMIT)  # `5 cm cm ...` is 5: a verdict either way, in time
-    assert time.monotonic() - start < 1.5 * LIMIT
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "5" + r"\text{ cm}" * 20_000,  # the issue's example: 56.7 s before
-        r"\begin{pmatrix}" * 20_000,
-        "1" + " " * 200_000 + "x",
-        "1万" * 50_000,
-        "二十" * 50_000,
-    ],
-)
-def test_normalisation_is_linear(text: str) -> None:
-    start = time.monotonic()
-    normalize(text)
-    small = time.monotonic() - start
-    start = time.monotonic()
-    normalize(text * 4)
-    assert time.monotonic() - start < 8 * small + 0.2  # 4x the input, not 16x the time
+def test_a_timed_out_verdict_is_counted_logged_and_its_child_replaced_warm(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = pool(1)
+    zygote, (child,) = shared.zygote.proc.pid, [w.pid for w in shared.workers]
+    before = stats.timeouts
+    with caplog.at_level(logging.WARNING, logger="scdpo.grading"):
+        assert grade(SLOW, "1", timeout=LIMIT, item_id="q17/s3") is False
+        assert grade(SLOW, "1", timeout=LIMIT, item_id="q17/s4") is False  # twice in a row
+    assert stats.timeouts == before + 2
+    assert list(stats.timed_out)[-2:] == ["q17/s3", "q17/s4"]
+    assert "item q17/s3" in caplog.text and "counted as not equal" in caplog.text
+    # The replacement is already there, forked from the same warm zygote: no cold start.
+    (replacement,) = [w.pid for w in shared.workers]
+    assert replacement != child
+    assert shared.zygote.proc.pid == zygote and _parent(replacement) == zygote
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
+    assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}")  # and it answers
 
 
-def test_timeout_is_counted_and_logged_with_item_id(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_timeout_never_blocks_the_other_items(caplog: pytest.LogCaptureFixture) -> None:
     before = stats.timeouts
     items = [
         ("1", "1", "a"),
-        (r"9^{9^{9^{9}}}", "1", "item-slow"),
+        (SLOW, "1", "item-slow"),
         (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}", "c"),
         ("3", "4", "d"),
     ]
-    start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="scdpo.grading"):
         assert grade_many(items, timeout=LIMIT) == [True, False, True, False]
-    assert time.monotonic() - start < 1.5 * LIMIT + 3  # + the replacement worker's start-up
     assert stats.timeouts == before + 1
     assert stats.timed_out[-1] == "item-slow"
     assert "item item-slow" in caplog.text
 
 
-def test_grade_reports_its_item_id(caplog: pytest.LogCaptureFixture) -> None:
-    grade("x+1", "1+x")  # the replacement worker is ready
-    with caplog.at_level(logging.WARNING, logger="scdpo.grading"):
-        assert grade(r"9^{9^{9^{9}}}", "1", timeout=LIMIT, item_id="q17/s3") is False
-    assert "item q17/s3" in caplog.text
+def test_a_child_that_dies_counts_as_not_equal_and_is_replaced() -> None:
+    shared = pool(1)
+    (child,) = shared.workers
+    os.kill(child.pid, signal.SIGKILL)
+    assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") is False  # it died under the job
+    assert [w.pid for w in shared.workers] != [child.pid]
+    assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") is True
+
+
+def test_a_zygote_that_dies_is_started_again() -> None:
+    shared = pool(1)
+    old = shared.zygote.proc.pid
+    shared.zygote.proc.kill()
+    shared.zygote.proc.wait()
+    assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") in (True, False)  # never raises
+    assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") is True
+    assert shared.zygote.proc.pid != old
 
 
 def test_pool_persists_across_calls() -> None:
     items = [(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}"), ("x+1", "1+x"), ("x^2", "x*x")]
     assert grade_many(items, processes=2) == [True, True, True]
-    pids = {w.proc.pid for w in pool(2).workers}
-    start = time.monotonic()
+    pids = {w.pid for w in pool(2).workers}
+    zygote = pool(2).zygote.proc.pid
     assert grade_many(items * 2, processes=2) == [True] * 6
-    assert time.monotonic() - start < 1.0  # no new pool: no sympy import
-    assert {w.proc.pid for w in pool(2).workers} == pids
+    assert {w.pid for w in pool(2).workers} == pids and pool(2).zygote.proc.pid == zygote

@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Hashable, Iterable, Sequence
 
+from scdpo.grading._pool import pool, stats, verify_with_limit
 from scdpo.grading.compare import NeedsSymbolic, decide, fast_only, fast_verdict
 from scdpo.grading.extract import extract_answer, gsm8k_answer, predicted_answer, reference_answer
 from scdpo.grading.normalize import normalize, repair_quirks
-from scdpo.grading.symbolic import pool, stats, verify_in_process, verify_with_limit
+from scdpo.grading.symbolic import verify_in_process
 
 __all__ = [
     "DEFAULT_TIMEOUT",
