@@ -85,6 +85,7 @@ def gsm8k_answer(solution: str) -> str | None:
     return line or None
 
 
+_HASHES_RE = re.compile("####")
 _MAX_STATEMENTS = 32  # examined from the last; a looping generation repeats them without end
 
 
@@ -102,9 +103,7 @@ def stated_answer(text: str) -> str | None:
     """The answer of the last statement that states one (see the module docstring)."""
     found = [("phrase", m) for m in _PHRASE_RE.finditer(text)]
     found += [("答", m) for m in _CHINESE_RE.finditer(text)]
-    hashes = text.rfind("####")
-    if hashes >= 0:
-        found.append(("####", re.compile("####").match(text, hashes)))
+    found += [("####", m) for m in _HASHES_RE.finditer(text)][-1:]  # gsm8k_answer reads the last
     found.sort(key=lambda item: item[1].start(), reverse=True)
     for kind, m in found[:_MAX_STATEMENTS]:
         answer = _statement(text, kind, m)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 _BOLD = {"textbf", "mathbf"}  # vectors and emphasis, never units
-CONNECTIVES = {"or", "and", "或", "和", "或者", "与", "及"}
+_CONNECTIVES = {"or", "and", "或", "和", "或者", "与", "及"}
 # Words in \text{} that belong to the answer's logic, not to a unit
 _KEPT_RE = re.compile(
     r"\b(?:if|for|when|where|otherwise|is|are|not|no|none|undefined|all|every|any|and|or|else)\b",
@@ -42,7 +42,7 @@ def replace_text(answer: str) -> str:
     def repl(m: re.Match[str]) -> str:
         command, content, power = m.group(1), m.group(2).strip(), m.group(3) or ""
         lower = content.lower()
-        if lower in CONNECTIVES:
+        if lower in _CONNECTIVES:
             return ","  # `5 \text{ or } 6` is the list 5, 6, never 5
         if lower in _SCALE_WORDS:
             return " " + content
