@@ -10,7 +10,7 @@ import pytest
 
 from scdpo.grading import normalize, predicted_answer
 
-N = 5_000
+N = 2_500
 
 NORMALISED = {
     "decimal points": "1.1" * N,
@@ -39,13 +39,19 @@ EXTRACTED = {
 }
 
 
+def _seconds(run: Callable[[str], object], text: str) -> float:
+    """The best of three runs: the machine is shared, a neighbour's burst is not ours."""
+    times = []
+    for _ in range(3):
+        start = time.monotonic()
+        run(text)
+        times.append(time.monotonic() - start)
+    return min(times)
+
+
 def _linear(run: Callable[[str], object], text: str) -> None:
-    start = time.monotonic()
-    run(text)
-    small = time.monotonic() - start
-    start = time.monotonic()
-    run(text * 4)
-    assert time.monotonic() - start < 8 * small + 0.2  # 4x the input, not 16x the time
+    small = _seconds(run, text)
+    assert _seconds(run, text * 4) < 8 * small + 0.2  # 4x the input, not 16x the time
 
 
 @pytest.mark.parametrize("name", NORMALISED)
