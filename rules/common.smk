@@ -5,14 +5,15 @@ import sys
 import yaml
 
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-# The embedded default, unless the command line gives a config (`--configfile`): merging the two
-# would add the default's experiments to every real run.
-if not config:
+# The embedded default, unless the command line names config files (`--configfile`): merging the
+# two would add the default's experiments to every real run. `--config k=v` alone is merged onto
+# the default (Snakemake applies the command line's values after the file's).
+if not workflow.config_settings.configfiles:
 
     configfile: "config/config.yaml"
 
@@ -21,6 +22,7 @@ if not config:
 # Snakemake.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from scdpo.config import canonical, fill_defaults
+from scdpo.config_check import check_config
 from scdpo.cpu import job_environment
 from scdpo.names import (
     SEED_MARK,
@@ -31,15 +33,22 @@ from scdpo.names import (
     variant_of,
 )
 
-# Snakemake's own default filling would leak defaults across the branches of a oneOf (a jsonl
-# source's keys into a synthetic one); fill_defaults picks the branch first.
-validate(config, schema="../config/schema.yaml", set_default=False)
 # libyaml's loader where PyYAML has it: every SLURM job starts Snakemake twice, and this schema
 # is the largest file it parses.
 with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as _schema:
-    fill_defaults(
-        config, yaml.load(_schema, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    )
+    SCHEMA = yaml.load(_schema, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+# Before any job: the schema (errors name the config file, the key path and the fix, no schema
+# dump; SCDPO_CONFIG_DEBUG=1 adds it), numbers PyYAML reads as strings (1e-7) read as numbers, and
+# every local file or directory the config names exists (scdpo.config_check).
+check_config(
+    config,
+    SCHEMA,
+    files=[str(f) for f in workflow.configfiles],
+    overrides=dict(workflow.config_settings.config),
+)
+# Defaults filled from the schema, per union branch (Snakemake's own filling would leak a jsonl
+# source's defaults into a synthetic one).
+fill_defaults(config, SCHEMA)
 # Every param below is cut from this config: written one way, equal values give equal params.
 config.update(canonical(config))
 

@@ -38,6 +38,31 @@ def test_every_key_of_the_schema_is_described():
     assert not undescribed, undescribed
 
 
+def _descriptions(node, where=""):
+    """(path, description) of every description in the schema, and (path, None) for every key
+    whose value is null: an unquoted comma in a flow map `{description: a, b, ...}` cuts the
+    description at the comma and makes the rest a key with no value."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if value is None:
+                yield f"{where}.{key}", None
+            elif key == "description" and isinstance(value, str):
+                yield where, value
+            yield from _descriptions(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _descriptions(item, f"{where}[{i}]")
+
+
+def test_every_description_is_whole():
+    cut = [(path, text) for path, text in _descriptions(SCHEMA) if not text or text[-1] != "."]
+    assert not cut, cut
+    text = {path: d for path, d in _descriptions(SCHEMA)}
+    assert text[".$defs.experiment.properties.sampling.properties.max_samples"] == (
+        "K, samples per question at most (paper 100)."
+    )
+
+
 def test_defaults_fill_only_the_matching_branch_of_a_union():
     sources = [{"source": "synthetic", "n": 3, "seed": 0}, {"source": "jsonl", "path": "x"}]
     filled = fill_defaults(

@@ -23,6 +23,7 @@ FLOORS = {
         "cpu",
         "gpu",
         "config",
+        "config_check",
         "tokens",
         "jsonl",
         "solution",

@@ -1,5 +1,6 @@
 """The workflow parses, validates its config and plans every stage, before any job runs."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,14 +43,33 @@ def dry_run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return result
 
 
+def create_local_paths(configfile: Path, workdir: Path) -> list[str]:
+    """Empty stand-ins for the local files and directories a config names (config/paper.yaml's
+    resources/ and ZeRO-3 config), which the parse requires; a dry-run reads none of them."""
+    from scdpo.config_check import local_paths
+
+    created = []
+    for _, path, kind in local_paths(yaml.safe_load(configfile.read_text())):
+        target = workdir / path
+        if kind == "directory":
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+        created.append(path)
+    return created
+
+
 @pytest.fixture(scope="module")
 def shipped_plan(tmp_path_factory):
-    """The dry-run of a shipped config (its path from the checkout), once for this module."""
+    """The dry-run of a shipped config (its path from the checkout), once for this module, in a
+    folder holding the local files it names."""
     plans: dict[str, subprocess.CompletedProcess] = {}
 
     def plan(configfile: str) -> subprocess.CompletedProcess:
         if configfile not in plans:
             workdir = tmp_path_factory.mktemp("plan")
+            create_local_paths(REPO / configfile, workdir)
             plans[configfile] = dry_run("--configfile", str(REPO / configfile), cwd=workdir)
         return plans[configfile]
 
@@ -85,6 +105,63 @@ def test_out_of_range_value_fails_naming_the_key(tmp_path):
     )
     assert result.returncode != 0
     assert "shards" in result.output and "minimum" in result.output
+
+
+def test_a_one_of_typo_names_the_key_and_branch_within_the_first_20_lines(tmp_path):
+    def typo(config):
+        config["experiments"]["tiny"]["data"]["sft"] = {"source": "jsonl", "pth": "sft.jsonl"}
+
+    result = _edited_config(tmp_path, typo)
+    assert result.returncode != 0
+    head = "\n".join(result.output.splitlines()[:20])
+    assert "bad.yaml" in head
+    assert "experiments.tiny.data.sft.pth: unknown key; did you mean 'path'?" in head
+    assert "oneOf best: source: jsonl" in head
+    assert len(result.output.splitlines()) < 20  # no schema dump
+    assert "Job stats" not in result.output
+
+
+def test_numbers_written_1e_7_are_read_as_numbers(tmp_path):
+    def paper_rate(config):
+        config["experiments"]["tiny"]["dpo"]["learning_rate"] = "1e-7"  # as PyYAML reads 1e-7
+
+    result = _edited_config(tmp_path, paper_rate)
+    assert result.returncode == 0, result.output[-3000:]
+    assert '"learning_rate": 1e-07' in result.output
+
+
+def test_config_overrides_alone_are_merged_onto_the_default_config(tmp_path):
+    """`--config k=v` without `--configfile`: the embedded default with that value changed."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text((REPO / "config/config.yaml").read_text())
+    override = "experiments=" + json.dumps({"tiny": {"sampling": {"shards": 3}}})
+    result = dry_run("--config", override, cwd=tmp_path)
+    assert result.returncode == 0, result.output[-3000:]
+    from workflow_run import planned_jobs
+
+    planned = planned_jobs(result.output)
+    assert planned["solutions_sample"] == 3 and planned["sft_train"] == 1
+
+
+def test_a_missing_local_file_fails_the_parse_naming_the_key_and_path(tmp_path):
+    def local(config):
+        config["experiments"]["tiny"]["data"]["sft"] = {"source": "jsonl", "path": "my/sft.jsonl"}
+
+    result = _edited_config(tmp_path, local)
+    assert result.returncode != 0
+    assert "my/sft.jsonl  (experiments.tiny.data.sft.path)" in result.output
+    assert "Job stats" not in result.output
+
+
+def test_the_paper_config_without_resources_fails_with_one_list_of_missing_paths(tmp_path):
+    result = dry_run("--configfile", str(REPO / "config/paper.yaml"), cwd=tmp_path)
+    assert result.returncode != 0
+    missing = create_local_paths(REPO / "config/paper.yaml", tmp_path / "elsewhere")
+    message = result.output.split("ConfigError", 1)[1]
+    assert f"{len(set(missing))} local path(s) named in the config" in message
+    for path in missing:
+        assert f"\n  {path}  (" in message, path
+    assert "Job stats" not in result.output
 
 
 def test_unknown_benchmark_name_is_reported(tmp_path):
