@@ -185,3 +185,99 @@ def test_hf_loader_reads_metamath_style_sft_solutions(tmp_path):
     assert problem["answer"] == "7"
     assert [b["kind"] for b in problem["blocks"]] == ["text", "text"]
     assert grade(final_text([Block.from_json(b) for b in problem["blocks"]]), "7")
+
+
+# --- data checks: gold answers, ids, encodings ---------------------------------------------------
+
+
+def _jsonl(path: Path, *records: dict) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+GOOD = {"question": "One plus one?", "extra": {"answer": "2"}}
+
+
+@pytest.mark.parametrize(
+    ("answer", "what"), [(None, "null"), ("", "empty"), ("  ", "empty"), ({}, "a JSON object")]
+)
+@pytest.mark.parametrize("answer_format", ["plain", "gsm8k"])
+def test_a_null_or_empty_gold_answer_names_file_line_and_key(tmp_path, answer, what, answer_format):
+    """Before, null became the answer "None" and an empty answer was accepted."""
+    good = {"question": "q", "extra": {"answer": "#### 2" if answer_format == "gsm8k" else "2"}}
+    path = _jsonl(tmp_path / "bench.jsonl", good, {"question": "q", "extra": {"answer": answer}})
+    with pytest.raises(
+        DataError, match=rf"bench\.jsonl:2: key 'extra\.answer' \(the gold answer\) is {what}"
+    ):
+        load_jsonl_problems(path, answer_format=answer_format)
+
+
+def test_a_gold_answer_found_empty_in_its_field_is_an_error(tmp_path):
+    path = _jsonl(tmp_path / "b.jsonl", {"question": "q", "extra": {"answer": "So \\boxed{ }."}})
+    with pytest.raises(
+        DataError, match=r"b\.jsonl:1: key 'extra\.answer' .* has nothing in a \\boxed"
+    ):
+        load_jsonl_problems(path, answer_format="boxed")
+
+
+def test_numbers_are_gold_answers_as_written(tmp_path):
+    path = _jsonl(tmp_path / "b.jsonl", {"question": "q", "extra": {"answer": 0}})
+    assert load_jsonl_problems(path)[0]["answer"] == "0"
+
+
+def test_hf_rows_with_a_null_gold_answer_name_the_row_and_key(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"question": "Two?", "answer": "#### 2"}, {"question": "Three?", "answer": None}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "test.parquet"))
+    block = {"source": "hf", "id": str(tmp_path), "split": "test", "answer_format": "gsm8k"}
+    with pytest.raises(DataError, match=r"row 1: key 'answer' \(the gold answer\) is null"):
+        load_problems(source(block))
+
+
+def test_a_duplicate_id_within_a_file_names_the_file_and_the_id(tmp_path):
+    rows = [{**GOOD, "id": f"q{i}"} for i in (1, 2, 3)] + [
+        {**GOOD, "extra": {"answer": "2", "id": "q2"}}
+    ]
+    path = _jsonl(tmp_path / "bench.jsonl", *rows)
+    with pytest.raises(DataError, match=r"bench\.jsonl:4: duplicate id 'q2' \(first on line 2\)"):
+        load_jsonl_problems(path)
+
+
+def test_ids_colliding_across_sources_name_the_id_and_both_sources(tmp_path):
+    from scdpo.problems import prepare_problems
+
+    first = _jsonl(tmp_path / "a.jsonl", {**GOOD, "id": "7"})
+    second = _jsonl(tmp_path / "b.jsonl", {**GOOD, "id": "7"})
+    sources = [source({"source": "jsonl", "path": str(p)}) for p in (first, second)]
+    out = tmp_path / "problems.jsonl"
+    with pytest.raises(
+        DataError,
+        match=rf"id '7' of source jsonl {second} is also an id of source jsonl {first}: give each",
+    ):
+        prepare_problems(sources, "code", str(out))
+    assert not out.exists()
+    sources[1]["tag"] = "b"
+    prepare_problems(sources, "code", str(out))
+    assert [p["id"] for p in load_jsonl_problems(out, answer_key="answer")] == ["7", "b:7"]
+
+
+def test_a_latin_1_file_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [
+        json.dumps(GOOD),
+        json.dumps({**GOOD, "question": "Combien coûte le café ?"}, ensure_ascii=False),
+    ]
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    with pytest.raises(
+        DataError, match=r"latin1\.jsonl:2: not UTF-8 \(byte 0xfb at column \d+\); convert"
+    ):
+        load_jsonl_problems(path)
+
+
+def test_a_leading_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    text = json.dumps({**GOOD, "question": "Wie viel kostet ein Brötchen?"}, ensure_ascii=False)
+    path.write_bytes(b"\xef\xbb\xbf" + f"{text}\n{json.dumps(GOOD)}\n".encode())
+    problems = load_jsonl_problems(path)
+    assert [p["question"] for p in problems] == ["Wie viel kostet ein Brötchen?", "One plus one?"]
+    assert [p["id"] for p in problems] == ["1", "2"]

@@ -116,18 +116,26 @@ ANSWER_FORMATS = {
 }
 
 
-def _gold_answer(raw: object, answer_format: str, where: str) -> str:
+def _gold_answer(raw: object, answer_format: str, where: str, key: str) -> str:
     """The gold answer in a dataset field: as written (`plain`) or found as the grader finds a
-    model's answer (`#### N`, the last box, MetaMath's `The answer is: X`)."""
+    model's answer (`#### N`, the last box, MetaMath's `The answer is: X`). A null or empty one
+    is an error (str() would make null the answer "None")."""
     from scdpo.grading import extract
 
-    text = str(raw)
+    if raw is None or isinstance(raw, (dict, list)):
+        what = "null" if raw is None else "a JSON object or array, not text or a number"
+        raise DataError(f"{where}: key '{key}' (the gold answer) is {what}")
+    text = str(raw).strip()
+    if not text:
+        raise DataError(f"{where}: key '{key}' (the gold answer) is empty")
     if answer_format == "plain":
-        return text.strip()
+        return text
     finder, what = ANSWER_FORMATS[answer_format]
     answer = getattr(extract, finder)(text)
     if answer is None:
-        raise DataError(f"{where}: answer has no {what}")
+        raise DataError(f"{where}: key '{key}' (the gold answer) lacks {what}")
+    if not answer.strip():
+        raise DataError(f"{where}: key '{key}' (the gold answer) has nothing in {what}")
     return answer
 
 
@@ -154,16 +162,24 @@ def load_jsonl_problems(
     answer_format: str = "plain",
     solution_format: str = "code",
 ) -> list[dict]:
-    """Local JSONL in the benchmark format: `question` and `extra.answer` on every line."""
+    """Local JSONL in the benchmark format: `question` and `extra.answer` on every line. Ids
+    (`id`, `extra.id`, else the line number) are unique within the file."""
     problems = []
+    first_line: dict[str, int] = {}
     for number, record in enumerate(read_jsonl(path), start=1):
         where = f"{path}:{number}"
         question = require(record, question_key, where)
         if not isinstance(question, str) or not question.strip():
             raise DataError(f"{where}: key '{question_key}' must be a non-empty string")
-        answer = _gold_answer(require(record, answer_key, where), answer_format, where)
-        item_id = record.get("id") or (record.get("extra") or {}).get("id") or str(number)
-        problem = {"id": str(item_id), "question": question, "answer": answer}
+        answer = _gold_answer(require(record, answer_key, where), answer_format, where, answer_key)
+        item_id = str(record.get("id") or (record.get("extra") or {}).get("id") or number)
+        if item_id in first_line:
+            raise DataError(
+                f"{where}: duplicate id '{item_id}' (first on line {first_line[item_id]}): "
+                "ids must be unique within a file"
+            )
+        first_line[item_id] = number
+        problem = {"id": item_id, "question": question, "answer": answer}
         blocks = _sft_blocks(record, where, solution_format)
         if blocks is not None:
             problem["blocks"] = blocks
@@ -207,7 +223,7 @@ def load_hf_problems(
         for index, row in enumerate(rows):
             where = f"{dataset_id}[{name or ''}:{split}] row {index}"
             question = require(row, question_key, where)
-            answer = _gold_answer(require(row, answer_key, where), answer_format, where)
+            answer = _gold_answer(require(row, answer_key, where), answer_format, where, answer_key)
             problem = {"id": f"{prefix}{index}", "question": str(question), "answer": answer}
             blocks = _sft_blocks(dict(row), where, solution_format, solution_key)
             if blocks is not None:
@@ -247,12 +263,19 @@ def load_problems(source: dict, solution_format: str = "code") -> list[dict]:
     return problems[: source["limit"]] if source.get("limit") else problems
 
 
+def _describe(source: dict) -> str:
+    """A source as the config names it (in errors)."""
+    where = source.get("path") or source.get("id") or f"seed {source.get('seed')}"
+    return f"source {source['source']} {where}"
+
+
 # --- a. the workflow's problem files --------------------------------------------------------------
 
 
 def prepare_problems(sources: dict | list[dict], solution_format: str, out_path: str) -> None:
     """One source or several (e.g. GSM8K and MATH train); a `tag` prefixes a source's ids."""
     problems = []
+    origin: dict[str, str] = {}  # id -> the source it came from
     for source in sources if isinstance(sources, list) else [sources]:
         loaded = load_problems(source, solution_format)
         if source["source"] == "jsonl":
@@ -265,10 +288,13 @@ def prepare_problems(sources: dict | list[dict], solution_format: str, out_path:
                 problem["id"] = f"{source['tag']}:{problem['id']}"
             if "max_sc_pairs" in source:
                 problem["max_sc_pairs"] = source["max_sc_pairs"]
+            if problem["id"] in origin:
+                raise DataError(
+                    f"problem id '{problem['id']}' of {_describe(source)} is also an id of "
+                    f"{origin[problem['id']]}: give each source a distinct `tag`"
+                )
+            origin[problem["id"]] = _describe(source)
         problems += loaded
-    ids = [p["id"] for p in problems]
-    if len(set(ids)) < len(ids):
-        raise ValueError("problem ids collide across sources: give each source a distinct `tag`")
     write_jsonl(out_path, problems)
     log.info("wrote %d problems to %s", len(problems), out_path)
 

@@ -45,20 +45,28 @@ def fingerprint(*parts: object) -> str:
 
 
 def _read_resume(path: Path, key: str) -> dict[int, list[dict]]:
-    """Finished chunks from an earlier try; a torn last line (killed mid-write) is ignored."""
+    """Finished chunks from an earlier try. A torn last line (killed mid-write) is cut off the
+    file, so that the chunks this try appends after it are read by the next one."""
     done: dict[int, list[dict]] = {}
     if not path.exists():
         return done
-    with path.open(encoding="utf-8") as handle:
+    whole = 0  # bytes of whole lines
+    with path.open("rb") as handle:
         for line in handle:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break
+            if not line.endswith(b"\n"):
                 break
             if entry.get("fingerprint") != key:
                 log.info("resume file %s was made with another config: starting afresh", path)
                 return {}
             done[entry["chunk"]] = entry["records"]
+            whole += len(line)
+    if whole < path.stat().st_size:
+        log.info("resume file %s: cutting a torn line after %d whole chunks", path, len(done))
+        os.truncate(path, whole)
     return done
 
 
