@@ -190,13 +190,16 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(workspace, uninterru
     assert not (workspace / name / "checkpoints").exists()
 
 
-def test_time_limit_signal_saves_exits_nonzero_and_resumes(workspace, uninterrupted):
-    name = "sft_signalled"
-    # SIGUSR1 mid-accumulation of step 4 (batches 10-11-12 of epoch 2... batch 8 is in step 3):
-    # training finishes the step, saves checkpoint-3, stops.
-    stopped = run_with_signal(workspace, "sft", name, signal.SIGUSR1, 7)
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT], ids=["USR1", "INT"])
+def test_stop_signal_saves_exits_nonzero_and_resumes(workspace, uninterrupted, sig):
+    """SLURM's time-limit signal, and Ctrl-C's SIGINT alike."""
+    name = f"sft_signalled_{sig.name}"
+    # The signal mid-accumulation of step 3 (micro-batch 7; steps are 3 batches): training
+    # finishes the step, saves checkpoint-3, stops, with no KeyboardInterrupt for SIGINT.
+    stopped = run_with_signal(workspace, "sft", name, sig, 7)
     assert stopped.returncode == EXIT_RESUMABLE, stopped.stdout[-4000:]
-    assert "got SIGUSR1" in stopped.stdout
+    assert f"got {sig.name}" in stopped.stdout
+    assert "KeyboardInterrupt" not in stopped.stdout
     assert checkpoint_steps(workspace / name / "checkpoints") == [2, 3]
     assert not (workspace / name / "model").exists()
 

@@ -271,3 +271,22 @@ def test_saves_every_n_steps_every_m_minutes_and_on_a_signal(tmp_path, monkeypat
     assert _step_end(callback, 8) == (True, True)  # save, then stop
     assert callback.stopped
     assert _step_end(callback, 100, max_steps=100) == (False, False)  # the model is saved anyway
+
+
+def test_ctrl_c_is_a_stop_signal_not_a_keyboard_interrupt():
+    """SIGINT, as the other stop signals, only marks the run to save and stop."""
+    import os
+
+    from scdpo.train.checkpoint import _StopFlag
+
+    assert signal.SIGINT in STOP_SIGNALS
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    flag = _StopFlag()
+    try:
+        flag.install()
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next bytecode
+        os.kill(os.getpid(), signal.SIGINT)  # a launcher passing Ctrl-C on: still no interrupt
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert flag.signum == signal.SIGINT

@@ -8,9 +8,10 @@ marker; a directory without it (a kill half-way through a save) is ignored and d
 
 Saves happen only at optimizer-step boundaries (never mid-accumulation), every `every_steps`
 steps, every `every_minutes` minutes, and when a stop signal arrives (SLURM's warning before the
-time limit, preemption's SIGTERM): then training saves and stops, and the CLI exits non-zero so
-that the job is retried and resumes. Ranks agree on each decision through one all-reduce per
-step, because clocks and signal arrival differ between processes.
+time limit, preemption's SIGTERM, Ctrl-C's SIGINT): then training saves and stops, and the CLI
+exits non-zero (EXIT_RESUMABLE) so that the job is retried, or re-run by hand, and resumes.
+Ranks agree on each decision through one all-reduce per step, because clocks and signal arrival
+differ between processes.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from scdpo.jsonl import atomic_write
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 # SIGUSR1/SIGURG: the time-limit warning (the profile asks SLURM for URG, see docs/slurm.md);
-# SIGTERM: preemption and the time limit itself (SLURM sends SIGKILL KillWait seconds later).
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGURG, signal.SIGTERM)
+# SIGTERM: preemption and the time limit itself (SLURM sends SIGKILL KillWait seconds later);
+# SIGINT: Ctrl-C in the terminal (every process of the foreground job gets it, and a launcher
+# passes it on to its ranks), so an interrupted run resumes instead of losing its last steps.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGURG, signal.SIGTERM, signal.SIGINT)
 # sysexits.h EX_TEMPFAIL: "try again later"; the job failed but the retry resumes.
 EXIT_RESUMABLE = 75
 
@@ -120,7 +125,8 @@ class CheckpointStore:
             if not (path / COMPLETE).exists():
                 log.info("ignoring incomplete checkpoint %s (cut by a kill)", path)
                 shutil.rmtree(path, ignore_errors=True)
-        (self.dir / "key.json").write_text(json.dumps(self.key, indent=1, sort_keys=True))
+        with atomic_write(self.dir / "key.json") as handle:
+            handle.write(json.dumps(self.key, indent=1, sort_keys=True))
 
     def _steps(self, complete: bool = True) -> list[Path]:
         if not self.dir.is_dir():
@@ -141,7 +147,8 @@ class CheckpointStore:
         """Main process, after every rank finished writing: mark, then prune to the last `keep`."""
         path = self.dir / f"checkpoint-{step}"
         marker = path / COMPLETE
-        marker.write_text(json.dumps({"step": step, "time": time.time()}))
+        with atomic_write(marker) as handle:  # a marker is whole or absent, even on a full disk
+            handle.write(json.dumps({"step": step, "time": time.time()}))
         for old in self._steps()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
