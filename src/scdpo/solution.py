@@ -74,8 +74,9 @@ def parse_generated_block(text: str) -> Block:
 
 
 def final_text(blocks: list[Block]) -> str:
-    """The text a grader reads: every block's content (the last \\boxed{} wins)."""
-    return "\n".join(block.content for block in blocks)
+    """The text a grader reads: the blocks with their markers, so that it takes answer statements
+    from text blocks only, and the last execution output where the text only refers to it."""
+    return render_blocks(blocks)
 
 
 def split_points(blocks: list[Block]) -> list[int]:

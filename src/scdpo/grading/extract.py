@@ -112,6 +112,21 @@ def _code_answer(solution: str) -> str | None:
     return output_answer(blocks[outputs[-1]][1]) if refers_to_output(after) else None
 
 
+_ANSWER_IS_RE = re.compile(r"the answer is\s*:?", re.IGNORECASE)
+
+
+def answer_is(solution: str) -> str | None:
+    """A dataset's gold written as MetaMath's ending: what follows the last `The answer is:` on
+    its line, without a final full stop or math-mode dollars (read as written, for gold answers;
+    a model's answer goes through `predicted_answer`)."""
+    matches = list(_ANSWER_IS_RE.finditer(solution))
+    if not matches:
+        return None
+    line = solution[matches[-1].end() :].split("\n", 1)[0].strip()
+    line = line.rstrip("。．.").strip().strip("$").strip()
+    return line or None
+
+
 def predicted_answer(solution: str) -> str | None:
     """The final answer a solution states, or None when it states none.
 
