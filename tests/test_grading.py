@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from scdpo.grading import (
     normalize,
     reference_answer,
     repair_quirks,
+    stats,
 )
 from scdpo.grading.audit import main as audit_main
 
@@ -181,13 +181,11 @@ def test_never_raises() -> None:
 # --- time limit and threads ---------------------------------------------------------------------
 
 
-def test_pathological_input_returns_false_within_limit(caplog: pytest.LogCaptureFixture) -> None:
-    grade("1", r"\sqrt{1}")  # start the worker outside the timed region
-    limit = 1.0
-    start = time.monotonic()
+def test_pathological_input_is_cut_at_its_limit(caplog: pytest.LogCaptureFixture) -> None:
+    before = stats.timeouts
     with caplog.at_level(logging.WARNING, logger="scdpo.grading"):
-        assert grade(r"9^{9^{9^{9}}}", "1", timeout=limit) is False
-    assert time.monotonic() - start < limit + 0.5
+        assert grade(r"9^{9^{9^{9}}}", "1", timeout=1.0) is False
+    assert stats.timeouts == before + 1
     assert "counted as not equal" in caplog.text
     assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}")  # the worker was replaced
 
