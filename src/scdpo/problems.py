@@ -214,7 +214,7 @@ def load_hf_problems(
 
     Several configurations (`names`, e.g. the seven subjects of EleutherAI/hendrycks_math) are
     loaded one after the other; ids then read `<configuration>/<row>`. In the cot format, the
-    `solution_key` column is an SFT reference solution (steps split on blank lines).
+    `solution_key` column is an SFT reference solution (steps split as `solution.cot_blocks` does).
     """
     problems = []
     for name in names if isinstance(names, list) else [names]:
