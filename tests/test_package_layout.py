@@ -24,6 +24,8 @@ FLOORS = {
         "gpu",
         "config",
         "config_check",
+        "fingerprint",
+        "code_version",
         "tokens",
         "jsonl",
         "solution",
