@@ -17,7 +17,7 @@ MICRO = REPO / "config" / "micro.yaml"
 # micro run's modules last; the other workers take the rest meanwhile.
 FIRST_GROUP = "test_paper_shaped"
 MICRO_GROUP = "micro_run"
-MICRO_MODULES = {"test_workflow_e2e", "test_report_e2e", "test_readme"}
+MICRO_MODULES = {"test_workflow_e2e", "test_report_e2e", "test_readme", "test_reproducible"}
 
 
 def _group(nodeid: str) -> str:

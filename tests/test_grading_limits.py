@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,9 @@ LOOPS = {
 }
 
 
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: state, parent pid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,7 +70,7 @@ def test_a_timed_out_verdict_is_counted_logged_and_its_child_replaced_warm(
     # The replacement is already there, forked from the same warm zygote: no cold start.
     (replacement,) = [w.pid for w in shared.workers]
     assert replacement != child
-    assert shared.zygote.proc.pid == zygote and _parent(replacement) == zygote
+    assert shared.zygote.proc.pid == zygote and int(_stat(replacement)[1]) == zygote
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
     assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}")  # and it answers
 
@@ -87,11 +90,31 @@ def test_a_timeout_never_blocks_the_other_items(caplog: pytest.LogCaptureFixture
     assert "item item-slow" in caplog.text
 
 
-def test_a_child_that_dies_counts_as_not_equal_and_is_replaced() -> None:
+def _wait_gone(pid: int) -> None:
+    """Until the zygote has reaped a killed child (it ignores SIGCHLD: the kernel reaps)."""
+    while Path(f"/proc/{pid}").exists():
+        time.sleep(0.01)
+
+
+def test_a_child_that_dies_idle_is_replaced_and_the_job_kept() -> None:
     shared = pool(1)
     (child,) = shared.workers
     os.kill(child.pid, signal.SIGKILL)
-    assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") is False  # it died under the job
+    _wait_gone(child.pid)
+    assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") is True
+    assert [w.pid for w in shared.workers] != [child.pid]
+
+
+def test_a_child_that_dies_under_its_job_counts_as_not_equal() -> None:
+    shared = pool(1)
+    (child,) = shared.workers
+    before = stats.timeouts
+    verdict = ThreadPoolExecutor(1).submit(grade, SLOW, "1", timeout=600.0)
+    while _stat(child.pid)[0] != "R":  # until the child works on the job (it waits in S)
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    assert verdict.result() is False
+    assert stats.timeouts == before  # not a timeout: the child died
     assert [w.pid for w in shared.workers] != [child.pid]
     assert grade(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}") is True
 

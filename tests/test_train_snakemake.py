@@ -24,6 +24,8 @@ import yaml
 from test_train_resume import assert_same_weights, run
 from workflow_run import snakemake_command
 
+from scdpo.cpu import job_environment
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "workflow_scripts" / "train.py"
 SFT = {
@@ -182,6 +184,6 @@ def test_time_limit_signal_and_sigkill_then_snakemake_reruns_resume_exactly(tmp_
         "--threads",
         "1",
     ]
-    result = run(command)
+    result = run(command, job_environment(os.environ))  # the CPU kernel path of the jobs
     assert result.returncode == 0, result.stdout[-4000:]
     assert_same_weights(tmp_path / "results/t/models/sft", whole / "model")
