@@ -133,8 +133,11 @@ def test_busy_processes_in_their_own_sessions_do_not_starve_the_other_worker(poo
 @needs_cpu_cgroup
 def test_every_worker_sits_in_a_cpu_cgroup_with_a_quota(pool) -> None:
     base, version = _cgroup.hierarchy("cpu")
+    # A replaced worker's group may linger empty for a moment (its processes die first): only
+    # the groups that hold processes are the live workers'.
     groups = list(base.glob(f"scdpo-w*-{os.getpid()}-*"))
-    assert groups, "no cpu cgroup holds the workers"
+    live = [g for g in groups if (g / "cgroup.procs").read_text().split()]
+    assert len(live) >= 2, "a worker sits in no cpu cgroup"  # the pool has two workers
     for group in groups:
         if version == 1:
             quota = int((group / "cpu.cfs_quota_us").read_text())
@@ -142,7 +145,6 @@ def test_every_worker_sits_in_a_cpu_cgroup_with_a_quota(pool) -> None:
         else:
             quota, period = map(int, (group / "cpu.max").read_text().split())
         assert quota == _cgroup.CPU_QUOTA * period
-        assert (group / "cgroup.procs").read_text().split(), "the cgroup holds no process"
 
 
 # ---------------------------------------------------------------- socket buffers

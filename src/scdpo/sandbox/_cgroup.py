@@ -10,6 +10,7 @@ root. A missing controller is left out and logged (see docs/sandbox.md).
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -46,7 +47,9 @@ def _own_path(controller: str) -> str | None:
 
 
 def _remove_stale(base: Path) -> None:
-    """Remove the empty cgroups of pools whose process is gone (killed before closing them)."""
+    """Remove the empty cgroups of pools whose process is gone (killed before closing them), and
+    this process's own that outlived their removal."""
+    _remove_lingering()
     for path in base.glob("scdpo-*-*-*"):
         pid = path.name.split("-")[-2]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
@@ -128,17 +131,38 @@ class MemoryCgroup:
         _rmdir(self.path)
 
 
+_lingering: set[Path] = set()  # cgroups whose processes outlived _rmdir's wait: retried later
+
+
+def _remove_lingering() -> None:
+    for path in list(_lingering):
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        _lingering.discard(path)
+
+
+atexit.register(_remove_lingering)
+
+
 def _rmdir(path: Path) -> None:
-    """Remove a cgroup directory once its processes are gone (they die with the worker)."""
+    """Remove a cgroup directory once its processes are gone (they die with the worker); if they
+    take longer (a loaded machine, many processes), retry at the next cgroup made."""
     for _ in range(50):
         try:
             path.rmdir()
+            _lingering.discard(path)
             return
         except FileNotFoundError:
+            _lingering.discard(path)
             return
         except OSError:
             time.sleep(0.02)
-    log.warning("could not remove the sandbox's cgroup %s", path)
+    _lingering.add(path)
+    log.info("the sandbox's cgroup %s still holds processes; removed later", path)
 
 
 class WorkerCgroups:
