@@ -59,6 +59,20 @@ def test_an_unchanged_file_is_hashed_once_also_by_the_next_snakemake(tmp_path, c
     assert counted == ["model.safetensors"] * 2
 
 
+def test_a_folder_is_read_once_until_a_file_in_it_changes(tmp_path, counted):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("a.safetensors", "b.safetensors", "config.json"):
+        (model / name).write_text(name)
+    first = fingerprint(model, Cache(tmp_path / "cache"))
+    assert sorted(counted) == ["a.safetensors", "b.safetensors", "config.json"]
+    assert fingerprint(model, Cache(tmp_path / "cache")) == first
+    assert len(counted) == 3
+    (model / "config.json").write_text("{}")
+    assert fingerprint(model, Cache(tmp_path / "cache")) != first
+    assert len(counted) == 4 and counted[-1] == "config.json"
+
+
 def test_a_folder_fingerprint_covers_names_and_contents_not_hidden_files(tmp_path):
     cache = Cache(None)
     model = tmp_path / "model"

@@ -13,8 +13,9 @@ links followed), leaving out names that start with a dot (`.git`, the hub's `.ca
 metadata) and `__pycache__`, which no loader reads.
 
 Hashing is cached per file in the working directory's `.snakemake/scdpo/fingerprints/`, keyed by
-the absolute path and the file's (size, mtime_ns, ctime_ns, inode, device): a Snakemake start (two
-per SLURM job) only stats, and a 14 GB model folder is read once, until a file in it changes. Each
+the absolute path and the file's (size, mtime_ns, ctime_ns, inode, device), and per folder, keyed
+by the names and stats of its files: a Snakemake start (two per SLURM job) only stats, and a 14 GB
+model folder is read once, until a file in it changes. Each
 entry is its own file, written under a unique name and renamed into place, so the SLURM jobs that
 start together never see a torn entry; a lost or unreadable one is computed again.
 
@@ -86,10 +87,10 @@ class Cache:
         except OSError:
             pass  # a read-only working directory: hash again next time
 
-    def cached(self, kind: str, path: str | Path, compute) -> Any:
-        """`compute(path)` for this file, from the cache while the file is unchanged."""
+    def cached(self, kind: str, path: str | Path, compute, key: list | None = None) -> Any:
+        """`compute(path)` for this file, from the cache while its stat (or `key`) is the same."""
         absolute = os.path.abspath(path)
-        key = stat_key(os.stat(absolute))
+        key = key if key is not None else stat_key(os.stat(absolute))
         value = self.get(kind, absolute, key)
         if value is None:
             value = compute(absolute)
@@ -117,6 +118,8 @@ def folder_files(root: str | Path) -> list[tuple[str, str]]:
             if name.startswith(".") or name in SKIPPED:
                 continue
             path = os.path.join(folder, name)
+            if not os.path.isfile(path):  # a broken link, a socket: nothing a loader reads
+                continue
             found.append((Path(os.path.relpath(path, root)).as_posix(), path))
     return sorted(found)
 
@@ -126,10 +129,19 @@ def fingerprint(path: str | Path, cache: Cache | None = None) -> str:
     cache = cache if cache is not None else default_cache()
     if not os.path.isdir(path):
         return "sha256:" + cache.cached("sha256", path, _sha256)
-    digest = hashlib.sha256(b"folder\n")
-    for name, file in folder_files(path):
-        digest.update(f"{name}\0{cache.cached('sha256', file, _sha256)}\n".encode())
-    return "sha256:" + digest.hexdigest()
+    files = folder_files(path)
+    # One entry for the whole folder, keyed by its files' names and stats: a folder of thousands
+    # of shards costs one read of the cache per start.
+    listing = json.dumps([(name, stat_key(os.stat(file))) for name, file in files])
+
+    def digest(_) -> str:
+        folder = hashlib.sha256(b"folder\n")
+        for name, file in files:
+            folder.update(f"{name}\0{cache.cached('sha256', file, _sha256)}\n".encode())
+        return folder.hexdigest()
+
+    key = [hashlib.sha256(listing.encode()).hexdigest()]
+    return "sha256:" + cache.cached("folder", path, digest, key)
 
 
 _DEFAULT: dict[str, Cache] = {}
