@@ -21,9 +21,11 @@ if not workflow.config_settings.configfiles:
 # The package's light modules (names, config) are imported from this checkout, whatever env runs
 # Snakemake.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from scdpo.code_version import code_version
 from scdpo.config import canonical, fill_defaults
 from scdpo.config_check import check_config
 from scdpo.cpu import job_environment
+from scdpo.fingerprint import launcher_paths, local_content, model_paths, source_paths
 from scdpo.names import (
     SEED_MARK,
     VARIANTS,
@@ -60,19 +62,21 @@ os.environ.update(job_environment(os.environ))
 
 # The interpreter of the training CLI (the shell rules): with conda, the rule's env's `python`
 # (first on its PATH); without, the interpreter running Snakemake (the project's .venv), not
-# whichever `python` the user's PATH finds first. Relative to the working directory, like the CLI,
-# so that provenance does not change when the checkout moves.
-PYTHON = (
-    "python"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else os.path.relpath(sys.executable)
+# whichever `python` the user's PATH finds first. The shell commands read it, and this workflow's
+# folder (the CLI is workflow_scripts/train.py there), from the environment every job inherits, as
+# ${SCDPO_PYTHON} and ${SCDPO_WORKFLOW}: locations, so no params (another entry point, such as
+# .venv/bin/python3 for .venv/bin/python, or a moved checkout must re-run nothing), and Snakemake's
+# code trigger compares the command as written, without their values. A SLURM job sets them again
+# when its Snakemake parses this file.
+os.environ.update(
+    SCDPO_PYTHON=(
+        "python"
+        if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+        else sys.executable
+    ),
+    SCDPO_WORKFLOW=os.path.join(os.path.relpath(workflow.basedir), ""),
 )
 
-# The training CLI, relative to the working directory so that provenance does not change when the
-# checkout moves; PYTHON runs it, and it starts the recipe's `accelerate launch` itself.
-TRAIN_CLI = os.path.relpath(
-    os.path.join(workflow.basedir, "workflow_scripts", "train.py")
-)
 EXPERIMENTS = list(config["experiments"])
 
 
@@ -199,6 +203,57 @@ def launcher(stage):
         return exp_config(wildcards)[stage].get("launcher", "python")
 
     return launch
+
+
+def launcher_content(stage):
+    """Fingerprint of the file the launcher reads (`--config_file`), beside the launcher."""
+
+    def content(wildcards):
+        return local_content(launcher_paths(launcher(stage)(wildcards)))
+
+    return content
+
+
+# --- content and code: what a path or a script does not say ----------------------------------------
+# A local file or folder the config names (a jsonl source, a local dataset or model directory, a
+# launcher's --config_file) is no declared input: its consumers carry its content's sha256 in a
+# `content` param beside the block that names it (scdpo.fingerprint; hashed once, then cached by
+# stat in .snakemake/scdpo/): an edit re-runs them, a copy or touch with new times does not.
+# Hub ids that are no local directory are tracked by name. Every rule's `code` param is the version
+# of the package code its script runs (scdpo.code_version); Snakemake's own code trigger sees the
+# script (mtime) and the shell command as written.
+
+
+def problem_content(wildcards):
+    source = problem_source(wildcards)
+    sources = source if isinstance(source, list) else [source]
+    return local_content([path for each in sources for path in source_paths(each)])
+
+
+def benchmark_content(wildcards):
+    return local_content(source_paths(benchmark_source(wildcards)))
+
+
+def model_content(wildcards):
+    return local_content(model_paths(model_spec(wildcards)))
+
+
+_CODE_VERSIONS = {}
+
+
+def code(script):
+    """The `code` param of a rule running workflow_scripts/<script> (the training CLI, train.py,
+    for the shell rules): a hash of the script and the package modules it imports."""
+
+    def version(wildcards):
+        if script not in _CODE_VERSIONS:
+            _CODE_VERSIONS[script] = code_version(
+                os.path.join(workflow.basedir, "workflow_scripts", script),
+                os.path.join(workflow.basedir, "src"),
+            )
+        return _CODE_VERSIONS[script]
+
+    return version
 
 
 def training_nodes(stage):

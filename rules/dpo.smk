@@ -21,13 +21,13 @@ rule dpo_train:
         gpu=0,
     params:
         recipe=recipe_json("dpo"),
-        python=PYTHON,
-        cli=TRAIN_CLI,
         launcher=launcher("dpo"),
+        content=launcher_content("dpo"),
+        code=code("train.py"),
     # Resumable like sft_train: checkpoints outside {output}, launcher started by the CLI, a
     # failed attempt's log kept.
     shell:
-        "{params.python} {params.cli} dpo --model {input.model} --data {input.train}"
+        "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py dpo --model {input.model} --data {input.train}"
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
         " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.trained}"
         " --launcher '{params.launcher}' > {log} 2>&1"

@@ -18,9 +18,9 @@ rule eval_predict:
         gpu=generation_gpus,
     params:
         generation=eval_params,
-        resume="results/{exp}/.resume/predictions/{model}/{benchmark}.jsonl",
+        code=code("predict.py"),
     script:
-        "../workflow_scripts/generate.py"
+        "../workflow_scripts/predict.py"
 
 
 rule table_accuracy:
@@ -69,5 +69,6 @@ rule table_accuracy:
     params:
         statistics=statistics_params,
         power=power_params,
+        code=code("table_accuracy.py"),
     script:
         "../workflow_scripts/table_accuracy.py"

@@ -16,6 +16,8 @@ rule model_base:
         runtime=60,
     params:
         spec=model_spec,
+        content=model_content,
+        code=code("model_base.py"),
     script:
         "../workflow_scripts/model_base.py"
 
@@ -41,15 +43,15 @@ rule sft_train:
         gpu=0,
     params:
         recipe=recipe_json("sft"),
-        python=PYTHON,
-        cli=TRAIN_CLI,
         launcher=launcher("sft"),
+        content=launcher_content("sft"),
+        code=code("train.py"),
     # Checkpoints live outside {output} (deleted on failure): a re-run, or SLURM's retry after
     # the time limit or a preemption, resumes there. The CLI starts the launcher itself, on a free
     # rendezvous port, and exits 75 after saving on a stop signal (docs/slurm.md). Snakemake deletes
     # the log before a retry, so a failed attempt first copies it to <log>.failed-<time>.
     shell:
-        "{params.python} {params.cli} sft --model {input.model} --data {input.data}"
+        "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py sft --model {input.model} --data {input.data}"
         " --out {output} --recipe '{params.recipe}' --threads {threads}"
         " --checkpoint-dir results/{wildcards.exp}/checkpoints/sft"
         " --launcher '{params.launcher}' > {log} 2>&1"

@@ -16,5 +16,6 @@ rule pairs_build:
         runtime=60,
     params:
         pairs=pairs_params,
+        code=code("pairs_build.py"),
     script:
         "../workflow_scripts/pairs_build.py"

@@ -13,6 +13,8 @@ rule problems_prepare:
     params:
         source=problem_source,
         solution_format=solution_format,
+        content=problem_content,
+        code=code("problems_prepare.py"),
     script:
         "../workflow_scripts/problems_prepare.py"
 
@@ -31,6 +33,8 @@ rule benchmark_prepare:
         runtime=30,
     params:
         source=benchmark_source,
+        content=benchmark_content,
+        code=code("problems_prepare.py"),
     script:
         "../workflow_scripts/problems_prepare.py"
 
@@ -51,5 +55,6 @@ rule sft_data:
         runtime=30,
     params:
         system_prompt=system_prompt,
+        code=code("sft_data.py"),
     script:
         "../workflow_scripts/sft_data.py"

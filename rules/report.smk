@@ -30,6 +30,7 @@ rule pilot_problems:
     params:
         limit=PILOT["limit"],
         seed=PILOT["seed"],
+        code=code("report_pilot_problems.py"),
     script:
         "../workflow_scripts/report_pilot_problems.py"
 
@@ -56,9 +57,9 @@ rule pilot_predict:
         gpu=generation_gpus,
     params:
         generation=pilot_generation_params,
-        resume="results/{exp}/.resume/pilot/{benchmark}/t{temperature}.jsonl",
+        code=code("predict.py"),
     script:
-        "../workflow_scripts/generate.py"
+        "../workflow_scripts/predict.py"
 
 
 rule pilot_plot:
@@ -83,6 +84,7 @@ rule pilot_plot:
         runtime=10,
     params:
         statistics=statistics_params,
+        code=code("report_pilot.py"),
     script:
         "../workflow_scripts/report_pilot.py"
 
@@ -125,6 +127,7 @@ rule credit_assign:
         gpu=0,
     params:
         credit=credit_params,
+        code=code("report_credit.py"),
     script:
         "../workflow_scripts/report_credit.py"
 
@@ -162,6 +165,7 @@ rule data_stats:
         runtime=10,
     params:
         paper_model=paper_model,
+        code=code("report_data.py"),
     script:
         "../workflow_scripts/report_data.py"
 
@@ -190,5 +194,6 @@ rule table_cost:
     params:
         experiments=EXPERIMENTS,
         gpus=rule_gpus,
+        code=code("report_cost.py"),
     script:
         "../workflow_scripts/report_cost.py"

@@ -18,9 +18,9 @@ rule solutions_sample:
         gpu=generation_gpus,
     params:
         generation=sampling_params,
-        resume="results/{exp}/.resume/sampling/shard{shard}-of{shards}.jsonl",
+        code=code("solutions_sample.py"),
     script:
-        "../workflow_scripts/generate.py"
+        "../workflow_scripts/solutions_sample.py"
 
 
 rule solutions_merge:
@@ -36,5 +36,7 @@ rule solutions_merge:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        code=code("merge_shards.py"),
     script:
         "../workflow_scripts/merge_shards.py"

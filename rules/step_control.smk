@@ -18,9 +18,9 @@ rule negatives_step_controlled:
         gpu=generation_gpus,
     params:
         generation=step_control_params,
-        resume="results/{exp}/.resume/step_control/shard{shard}-of{shards}.jsonl",
+        code=code("negatives_step_controlled.py"),
     script:
-        "../workflow_scripts/generate.py"
+        "../workflow_scripts/negatives_step_controlled.py"
 
 
 rule negatives_merge:
@@ -36,5 +36,7 @@ rule negatives_merge:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        code=code("merge_shards.py"),
     script:
         "../workflow_scripts/merge_shards.py"

@@ -22,3 +22,10 @@ def to_log(path: str) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+
+
+def resume_file(output: str, exp: str) -> str:
+    """Where a generation job appends its finished chunks: its output's path under
+    results/<exp>/.resume/ (a location, so no param: it changes no result)."""
+    experiment = Path("results", exp)
+    return str(experiment / ".resume" / Path(output).relative_to(experiment))
