@@ -1,6 +1,9 @@
 """The workflow parses, validates its config and plans every stage, before any job runs."""
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -285,3 +288,137 @@ def test_two_seeds_plan_one_dpo_training_and_evaluation_per_variant_and_seed(tmp
             assert f"results/tiny/pairs/{variant}/train.jsonl" in job, job
             trained.add(out)
     assert trained == {f"{v}{s}" for v in tiny_variants for s in ("", "-seed7")}
+
+
+# --- params: what changes results, nothing else (issue 31) ---------------------------------------
+
+
+def _rule_blocks() -> dict[str, str]:
+    blocks = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M)[1:]:
+            blocks[re.match(r"rule (\w+):", block)[1]] = block
+    return blocks
+
+
+def _section(block: str, key: str) -> str:
+    match = re.search(rf"^    {key}:\n(.*?)(?=^    \S|\Z)", block, flags=re.M | re.S)
+    return match[1] if match else ""
+
+
+def test_every_rule_records_its_own_code_and_no_location_in_params():
+    """Each rule that runs code has a `code` param naming its own script (the training CLI for
+    the shell rules); no param is a path: an interpreter, the CLI's place, a resume file."""
+    blocks = _rule_blocks()
+    assert len(blocks) >= 19
+    for name, block in blocks.items():
+        params = _section(block, "params")
+        script = re.search(r'^    script:\n\s+"\.\./workflow_scripts/(\w+\.py)"', block, re.M)
+        shell = _section(block, "shell")
+        if name == "all":
+            assert not params and not script and not shell
+            continue
+        entry = script[1] if script else "train.py"
+        assert script or "workflow_scripts/train.py" in shell, name
+        assert f'code=code("{entry}")' in params, name
+        assert (REPO / "workflow_scripts" / entry).is_file(), name
+        literals = re.findall(r'"([^"]*)"', params.replace(f'code("{entry}")', ""))
+        assert not [s for s in literals if "/" in s or s.endswith((".py", ".jsonl"))], name
+        assert not re.search(r"PYTHON|TRAIN_CLI|resume|sys\.executable", params), name
+    for name in ("sft_train", "dpo_train"):
+        assert "{params.python}" not in blocks[name] and "${{SCDPO_PYTHON}}" in blocks[name]
+
+
+LOCAL_TARGETS = [
+    "results/tiny/problems/sft.jsonl",
+    "results/tiny/problems/dpo.jsonl",
+    "results/benchmarks/local.jsonl",
+    "results/tiny/models/base",
+    "results/tiny/models/sft",
+]
+
+
+def _local_inputs(workdir: Path) -> str:
+    """The default config reading every kind of local input: a jsonl SFT file, a local dataset
+    folder for DPO questions, a local benchmark file, a local model folder (named like a hub
+    id), an accelerate config file; returns the config's path."""
+    files = {
+        "data/sft.jsonl": '{"question": "1+1?", "blocks": [], "extra": {"answer": "2"}}\n',
+        "data/dpo_set/train.parquet": "rows",
+        "data/bench.jsonl": '{"question": "2+2?", "extra": {"answer": "4"}}\n',
+        "org/model/config.json": "{}",
+        "org/model/model.safetensors": "weights",
+        "data/accelerate.yaml": "num_processes: 2\n",
+    }
+    for name, text in files.items():
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_text(text)
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    tiny = config["experiments"]["tiny"]
+    tiny["model"] = {"source": "hf", "name_or_path": "org/model"}
+    tiny["data"] = {
+        "sft": {"source": "jsonl", "path": "data/sft.jsonl"},
+        "dpo": {"source": "hf", "id": "data/dpo_set", "split": "train"},
+    }
+    tiny["sft"]["launcher"] = "accelerate launch --config_file data/accelerate.yaml"
+    config["benchmarks"]["local"] = {"source": "jsonl", "path": "data/bench.jsonl"}
+    tiny["benchmarks"].append("local")
+    (workdir / "local.yaml").write_text(yaml.safe_dump(config))
+    return str(workdir / "local.yaml")
+
+
+def test_each_local_input_reruns_exactly_its_readers_on_an_edit_not_on_new_times(tmp_path):
+    """Planning only: the jobs reading local inputs (problems, benchmark, base model, SFT) are
+    marked done with --touch --forceall on stand-in outputs, which records their params (a job
+    without a record is no job to re-run); then new times plan nothing, and each edit adds
+    exactly the jobs that read the edited input."""
+    from workflow_run import planned_jobs
+
+    configfile = _local_inputs(tmp_path)
+    for target in LOCAL_TARGETS:
+        path = tmp_path / target
+        if target.endswith(".jsonl"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}\n")
+        else:
+            path.mkdir(parents=True)
+    (tmp_path / "results/tiny/sft/data.jsonl").parent.mkdir(parents=True)
+    (tmp_path / "results/tiny/sft/data.jsonl").write_text("{}\n")
+
+    def run(*args: str) -> dict:
+        result = dry_run(*LOCAL_TARGETS, *args, "--configfile", configfile, cwd=tmp_path)
+        assert result.returncode == 0, result.output[-3000:]
+        return planned_jobs(result.output)
+
+    touched = subprocess.run(
+        [*SNAKEMAKE, "--touch", "--forceall", "--cores", "1", "--directory", str(tmp_path)]
+        + ["--snakefile", str(REPO / "Snakefile"), *LOCAL_TARGETS, "--configfile", configfile],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert touched.returncode == 0, touched.stdout[-3000:]
+    assert run() == {}
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():  # new times; the benchmark also a new inode (cp, rsync without -t)
+            os.utime(path, (path.stat().st_atime + 3600, path.stat().st_mtime + 3600))
+    shutil.copyfile(tmp_path / "data/bench.jsonl", tmp_path / "copy.jsonl")
+    os.replace(tmp_path / "copy.jsonl", tmp_path / "data/bench.jsonl")
+    for path in (tmp_path / "org").rglob("*"):
+        os.utime(path, (path.stat().st_atime + 3600, path.stat().st_mtime + 3600))
+    assert run() == {}
+
+    expected: dict[str, int] = {}
+    edits = [
+        ("data/accelerate.yaml", {"sft_train": 1}),
+        ("data/bench.jsonl", {"benchmark_prepare": 1}),
+        ("data/dpo_set/test.parquet", {"problems_prepare": 1}),  # a new file in the folder
+        ("data/sft.jsonl", {"problems_prepare": 2, "sft_data": 1}),
+        ("org/model/model.safetensors", {"model_base": 1}),
+    ]
+    for name, more in edits:
+        with open(tmp_path / name, "a") as handle:
+            handle.write("\n")
+        expected.update(more)
+        assert run() == expected, name

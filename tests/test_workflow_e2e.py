@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,6 +113,29 @@ def test_the_same_values_written_another_way_plan_nothing(micro_run):
     result = snakemake(micro_run, "-n", "--configfile", str(micro_run / "sorted.yaml"))
     assert result.returncode == 0, result.output[-3000:]
     assert planned_jobs(result.output) == {}
+
+
+def test_another_entry_point_or_venv_path_plans_nothing(micro_run, tmp_path):
+    """The run used `<venv>/bin/python3 -m snakemake`; neither the `snakemake` script nor
+    `python -m snakemake` through another path to the venv plans a job (the interpreter is no
+    param; the training command reads it from the environment)."""
+    venv = tmp_path / "venv"
+    venv.symlink_to(sys.prefix, target_is_directory=True)
+    entry_points = [
+        [str(Path(sys.prefix) / "bin" / "snakemake")],
+        [str(venv / "bin" / "python"), "-m", "snakemake"],
+    ]
+    for entry in entry_points:
+        result = subprocess.run(
+            [*entry, "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(micro_run)]
+            + ["--configfile", str(micro_run / "micro.yaml")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert planned_jobs(result.stdout) == {}, (entry, result.stdout[-3000:])
 
 
 # Jobs downstream of any change: the tables, the credit pages (they read the DPO models), the
@@ -289,3 +316,115 @@ def test_adding_a_third_seed_plans_only_its_trainings_and_evaluations(micro_run,
     assert _planned_outputs(three.output, "dpo_train") == {
         f"results/micro/models/{variant}-seed2" for variant in variants
     }
+
+
+# --- content, not paths; code versions ------------------------------------------------------------
+
+
+def _copy_run(micro_run: Path, tmp_path_factory, name: str) -> Path:
+    """A copy of the finished micro run (times kept), to run or touch jobs in."""
+    workdir = tmp_path_factory.mktemp(name)
+    shutil.copytree(micro_run, workdir, symlinks=True, dirs_exist_ok=True)
+    return workdir
+
+
+def _plan(workdir: Path, configfile: str, snakefile: Path = REPO / "Snakefile") -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(snakefile)]
+        + ["--directory", str(workdir), "--configfile", configfile],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    return planned_jobs(result.stdout)
+
+
+def _local_benchmark(path: Path, questions: list[tuple[str, str]]) -> None:
+    """A benchmark JSONL over 1 MB (Snakemake checksums only smaller files): a few questions,
+    each with a long field the loader does not read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"question": q, "extra": {"answer": a, "note": "x" * 600_000}})
+        for q, a in questions
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 1_000_000
+
+
+LOCAL_QUESTIONS = [
+    ("Tom has 3 apples and buys 4 more. How many apples does he have?", "7"),
+    ("A box holds 6 pens. How many pens are in 5 boxes?", "30"),
+    ("Sara had 20 stickers and gave away 8. How many are left?", "12"),
+]
+
+
+def test_a_local_benchmark_file_reruns_its_jobs_on_an_edit_not_on_new_times(
+    micro_run, tmp_path_factory
+):
+    """A local JSONL benchmark (over 1 MB) added and run for real (its prepare job, one
+    evaluation per model, the tables); then a touch and a copy with new times plan nothing, and
+    an edit plans exactly those jobs again."""
+    workdir = _copy_run(micro_run, tmp_path_factory, "local_bench")
+    bench = workdir / "bench" / "local.jsonl"
+    _local_benchmark(bench, LOCAL_QUESTIONS)
+
+    def add_local(config):
+        config["benchmarks"]["local"] = {"source": "jsonl", "path": "bench/local.jsonl"}
+        config["experiments"]["micro"]["benchmarks"].append("local")
+
+    changed = _changed_config(workdir, add_local)
+    its_jobs = {"benchmark_prepare": 1, "eval_predict": 5, **TABLES}
+    result = snakemake(workdir, "--cores", "2", "--configfile", changed)
+    assert result.returncode == 0, result.output[-3000:]
+    assert planned_jobs(result.output) == its_jobs  # nothing else ran
+
+    stat = bench.stat()
+    os.utime(bench, ns=(stat.st_atime_ns, stat.st_mtime_ns + 3600 * 10**9))  # touch
+    assert _plan(workdir, changed) == {}
+    shutil.copyfile(bench, bench.with_suffix(".copy"))  # cp or rsync without times
+    os.replace(bench.with_suffix(".copy"), bench)
+    assert _plan(workdir, changed) == {}
+    _local_benchmark(bench, LOCAL_QUESTIONS[:2])  # one question fewer
+    assert _plan(workdir, changed) == its_jobs
+
+
+WORKFLOW = ["Snakefile", "rules", "workflow_scripts", "src", "config", "envs", "report", "profiles"]
+
+
+def _copy_workflow(dest: Path) -> Path:
+    """This checkout's workflow, times kept (Snakemake compares a script's mtime)."""
+    for name in WORKFLOW:
+        if (REPO / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+            shutil.copytree(REPO / name, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(REPO / name, dest / name)
+    return dest / "Snakefile"
+
+
+def test_a_package_code_change_reruns_its_stage_and_what_follows(micro_run, tmp_path_factory):
+    """An edit of a docstring or comment in scdpo/pairs.py plans nothing; a code edit plans pair
+    building and everything after it; `--touch` then records the new code as the outputs'."""
+    workdir = _copy_run(micro_run, tmp_path_factory, "code")
+    snakefile = _copy_workflow(tmp_path_factory.mktemp("workflow"))
+    config = str(workdir / "micro.yaml")
+    pairs = snakefile.parent / "src" / "scdpo" / "pairs.py"
+    text = pairs.read_text()
+    assert text.startswith('"""')
+    pairs.write_text('"""Edited docstring. ' + text[3:] + "\n# a comment\n")
+    assert _plan(workdir, config, snakefile) == {}
+    pairs.write_text(pairs.read_text() + "_CHANGED = True\n")
+    after_pairs = {"pairs_build": 4, "dpo_train": 4, "eval_predict": 4, **AFTER_DATA}
+    assert _plan(workdir, config, snakefile) == after_pairs
+    touched = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--touch", "--cores", "1"]
+        + ["--snakefile", str(snakefile), "--directory", str(workdir), "--configfile", config],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert touched.returncode == 0, touched.stdout[-3000:]
+    assert _plan(workdir, config, snakefile) == {}
