@@ -205,15 +205,6 @@ def launcher(stage):
     return launch
 
 
-def launcher_content(stage):
-    """Fingerprint of the file the launcher reads (`--config_file`), beside the launcher."""
-
-    def content(wildcards):
-        return local_content(launcher_paths(launcher(stage)(wildcards)))
-
-    return content
-
-
 # --- content and code: what a path or a script does not say ----------------------------------------
 # A local file or folder the config names (a jsonl source, a local dataset or model directory, a
 # launcher's --config_file) is no declared input: its consumers carry its content's sha256 in a
@@ -236,6 +227,15 @@ def benchmark_content(wildcards):
 
 def model_content(wildcards):
     return local_content(model_paths(model_spec(wildcards)))
+
+
+def launcher_content(stage):
+    """Fingerprint of the file the launcher reads (`--config_file`), beside the launcher."""
+
+    def content(wildcards):
+        return local_content(launcher_paths(launcher(stage)(wildcards)))
+
+    return content
 
 
 _CODE_VERSIONS = {}

@@ -27,7 +27,8 @@ rule dpo_train:
     # Resumable like sft_train: checkpoints outside {output}, launcher started by the CLI, a
     # failed attempt's log kept.
     shell:
-        "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py dpo --model {input.model} --data {input.train}"
+        "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py dpo"
+        " --model {input.model} --data {input.train}"
         " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
         " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.trained}"
         " --launcher '{params.launcher}' > {log} 2>&1"

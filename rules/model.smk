@@ -51,7 +51,8 @@ rule sft_train:
     # rendezvous port, and exits 75 after saving on a stop signal (docs/slurm.md). Snakemake deletes
     # the log before a retry, so a failed attempt first copies it to <log>.failed-<time>.
     shell:
-        "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py sft --model {input.model} --data {input.data}"
+        "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py sft"
+        " --model {input.model} --data {input.data}"
         " --out {output} --recipe '{params.recipe}' --threads {threads}"
         " --checkpoint-dir results/{wildcards.exp}/checkpoints/sft"
         " --launcher '{params.launcher}' > {log} 2>&1"
