@@ -276,10 +276,6 @@ def _planned_outputs(output: str, rule: str) -> set[str]:
 def test_adding_a_third_seed_plans_only_its_trainings_and_evaluations(micro_run, tmp_path_factory):
     """Seeds 0 and 1 finished (seed 1's models and predictions stand in as copies of seed 0's,
     newer than their inputs), then seeds: [0, 1, 2] plans seed 2's jobs and the tables only."""
-    import shutil
-
-    # A sibling of the micro run: the interpreter's path relative to the run (a param of the
-    # training rules) stays the same.
     workdir = tmp_path_factory.mktemp("seeds")
     shutil.copytree(micro_run, workdir, symlinks=True, dirs_exist_ok=True)
     variants = yaml.safe_load(MICRO.read_text())["experiments"]["micro"]["variants"]
