@@ -62,8 +62,7 @@ def _quiet_threads():
 
 
 def _session_dir(tmp_path_factory) -> Path:
-    """A folder of this session shared by every xdist worker, at the depth of `mktemp` folders
-    (the training rules' params hold the interpreter's path relative to the run)."""
+    """A folder of this session shared by every xdist worker (the micro run lives there)."""
     base = tmp_path_factory.getbasetemp()
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return base
