@@ -82,13 +82,16 @@ def path_digest(path: str | Path) -> str:
 
 
 def run_key(stage: str, recipe: dict, inputs: dict[str, str], world_size: int) -> dict:
-    """What decides a run's result; how often it is checkpointed and how it is launched do not."""
+    """What decides a run's result; how often it is checkpointed, how it is launched and where
+    its curves go do not."""
     import transformers
     import trl
 
     return {
         "stage": stage,
-        "recipe": {k: v for k, v in recipe.items() if k not in ("checkpoint", "launcher")},
+        "recipe": {
+            k: v for k, v in recipe.items() if k not in ("checkpoint", "launcher", "report_to")
+        },
         "inputs": {name: path_digest(path) for name, path in sorted(inputs.items()) if path},
         "world_size": world_size,
         "versions": {

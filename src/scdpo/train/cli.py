@@ -1,4 +1,5 @@
-"""SFT and DPO with TRL on one code path: config first, then models, then a resumable train."""
+"""SFT and DPO with TRL on one code path: config first, then models, then a resumable train.
+Also the reference log-probs of a pair set, computed once for every DPO training on it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 
 from scdpo import gpu
 from scdpo.jsonl import read_jsonl
+from scdpo.train import packing, reference
 from scdpo.train.checkpoint import (
     EXIT_RESUMABLE,
     CheckpointPolicy,
@@ -20,6 +23,7 @@ from scdpo.train.checkpoint import (
     ResumableCallback,
     run_key,
 )
+from scdpo.train.curves import CurvesCallback
 from scdpo.train.launch import relaunch
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,8 @@ def common_args(recipe: dict, out_dir: Path) -> dict:
         # The callback decides when to save (steps, minutes, signals); HF's own rotation would
         # count half-written checkpoints.
         "save_strategy": "no",
-        "report_to": "none",
+        # TensorBoard files come from scdpo.train.curves (no tensorboard package); wandb is HF's.
+        "report_to": [r for r in recipe.get("report_to", ["tensorboard"]) if r != "tensorboard"],
         "dataloader_num_workers": 0,
         **_precision(recipe),
     }
@@ -98,10 +103,18 @@ def _sft_rows(path: str) -> list[dict]:
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in read_jsonl(path)]
 
 
-def _pair_rows(path: str) -> list[dict]:
+def _pair_rows(path: str, keys=("prompt", "chosen", "rejected")) -> list[dict]:
     if not path:
         return []
-    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(path)]
+    return [{k: r.get(k) for k in keys} for r in read_jsonl(path)]
+
+
+def precomputed(recipe: dict) -> bool:
+    """Whether a DPO training reads its reference log-probs from a file (scdpo.train.reference)."""
+    value = recipe.get("reference", "live")
+    if value not in ("live", "precomputed"):
+        raise SystemExit(f"reference: {value!r} is not live or precomputed")
+    return value == "precomputed"
 
 
 def build_config(stage: str, recipe: dict, out_dir: Path, tokenizer, has_eval: bool):
@@ -111,12 +124,17 @@ def build_config(stage: str, recipe: dict, out_dir: Path, tokenizer, has_eval: b
     if stage == "sft":
         from trl import SFTConfig
 
-        return SFTConfig(
-            **args, completion_only_loss=True, packing=False, eos_token=tokenizer.eos_token
-        )
+        args.update(packing.sft_args(recipe))
+        return SFTConfig(**args, completion_only_loss=True, eos_token=tokenizer.eos_token)
     from trl import DPOConfig
 
-    return DPOConfig(**args, beta=recipe["beta"], eval_strategy="epoch" if has_eval else "no")
+    return DPOConfig(
+        **args,
+        beta=recipe["beta"],
+        eval_strategy="epoch" if has_eval else "no",
+        # The reference-logps stage computes them; a precomputed training reads them.
+        precompute_ref_log_probs=stage == "reference-logps" or precomputed(recipe),
+    )
 
 
 def build_trainer(stage: str, config, recipe: dict, model_dir: str, data: dict, tokenizer):
@@ -125,14 +143,15 @@ def build_trainer(stage: str, config, recipe: dict, model_dir: str, data: dict, 
 
     model = load_model(model_dir, recipe)
     if stage == "sft":
-        from trl import SFTTrainer
-
-        return SFTTrainer(
+        packing.check_model(recipe, model)
+        return packing.trainer_class(recipe)(
             model=model,
             args=config,
             train_dataset=Dataset.from_list(data["train"]),
             processing_class=tokenizer,
         )
+    if config.precompute_ref_log_probs:  # the rows carry the reference log-probs
+        return reference.build_trainer(model, config, data, tokenizer)
     from trl import DPOTrainer
 
     return DPOTrainer(
@@ -145,11 +164,13 @@ def build_trainer(stage: str, config, recipe: dict, model_dir: str, data: dict, 
     )
 
 
-def _save_output(trainer, tokenizer, out_dir: Path, facts: dict) -> None:
+def _save_output(trainer, tokenizer, out_dir: Path, facts: dict, curves: Path | None = None):
     trainer.save_model(str(out_dir))  # every rank takes part (ZeRO-3 gathers); rank 0 writes
     if not trainer.args.should_save:
         return
     tokenizer.save_pretrained(out_dir)
+    if curves is not None and curves.is_dir():  # the whole run's event files, resumed parts too
+        shutil.copytree(curves, out_dir / "tensorboard", dirs_exist_ok=True)
     history = list(trainer.state.log_history)
     (out_dir / "training_log.json").write_text(json.dumps({**facts, "history": history}, indent=1))
 
@@ -211,12 +232,35 @@ def _ended(trainer, code: int) -> int:
     return code
 
 
+def _data(stage: str, args: argparse.Namespace, recipe: dict) -> dict:
+    """The training rows; a precomputed DPO training's rows carry their reference log-probs."""
+    data = {"train": (_sft_rows if stage == "sft" else _pair_rows)(args.data)}
+    data["eval"] = _pair_rows(args.eval_data or "") if stage == "dpo" else []
+    if stage != "dpo" or precomputed(recipe) == bool(args.reference_logps):
+        if stage == "dpo" and args.reference_logps:
+            table = reference.read_logps(args.reference_logps)
+            for split in ("train", "eval"):
+                data[split] = reference.attach(data[split], table, args.reference_logps)
+        return data
+    raise SystemExit(
+        "reference: precomputed needs --reference-logps FILE (and a live reference none)"
+    )
+
+
+def _curves(args: argparse.Namespace, recipe: dict, store: CheckpointStore) -> Path | None:
+    """Where this run's TensorBoard files go: --logging-dir, else beside its checkpoints (kept
+    across a resume, copied into the output at the end); None without `tensorboard`."""
+    if "tensorboard" not in recipe.get("report_to", ["tensorboard"]):
+        return None
+    return Path(args.logging_dir) if args.logging_dir else store.dir / "tensorboard"
+
+
 def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
     """Train, resuming the newest complete checkpoint of this exact run; 0, or EXIT_RESUMABLE
     when a signal stopped it after a checkpoint."""
-    data = {"train": (_sft_rows if stage == "sft" else _pair_rows)(args.data)}
-    data["eval"] = _pair_rows(args.eval_data or "") if stage == "dpo" else []
+    data = _data(stage, args, recipe)
     inputs = {"model": args.model, "data": args.data, "eval_data": args.eval_data}
+    inputs["reference_logps"] = args.reference_logps
     store = CheckpointStore(args.checkpoint_dir, run_key(stage, recipe, inputs, _world_size()))
     callback = ResumableCallback(store, CheckpointPolicy.from_recipe(recipe))
     callback.stop.install()  # before loading: a signal during a 20B load must not kill the job
@@ -225,6 +269,9 @@ def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
     store.prepare(config.should_save)
     trainer = build_trainer(stage, config, recipe, args.model, data, tokenizer)
     trainer.add_callback(callback)
+    curves = _curves(args, recipe, store)
+    if curves is not None:
+        trainer.add_callback(CurvesCallback(curves))
     resume = _resume_point(trainer, store)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     overhead = _log_overhead(callback)
@@ -234,7 +281,7 @@ def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
     facts = {**_facts(stage, data, result, resume), **_parallelism(trainer), **overhead}
     if stage == "dpo" and data["eval"]:
         facts["eval"] = trainer.evaluate()
-    _save_output(trainer, tokenizer, Path(args.out), facts)
+    _save_output(trainer, tokenizer, Path(args.out), facts, curves)
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
         store.remove_all()  # the output is complete
@@ -245,24 +292,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scdpo.train", description=sys.modules["scdpo.train"].__doc__
     )
-    parser.add_argument("stage", choices=["sft", "dpo"])
+    parser.add_argument("stage", choices=["sft", "dpo", "reference-logps"])
     parser.add_argument("--model", required=True, help="model directory to start from")
     parser.add_argument("--data", required=True, help="training JSONL")
-    parser.add_argument("--eval-data", help="held-out pairs JSONL (dpo)")
-    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--eval-data", help="held-out pairs JSONL (dpo, reference-logps)")
+    parser.add_argument(
+        "--out", required=True, help="output model directory (reference-logps: the JSONL file)"
+    )
+    parser.add_argument(
+        "--reference-logps",
+        help="dpo with `reference: precomputed`: the reference-logps stage's file of these pairs",
+    )
+    parser.add_argument(
+        "--logging-dir",
+        help="TensorBoard event files while training (default: beside the checkpoints)",
+    )
     parser.add_argument("--recipe", required=True, help="JSON of the config's sft/dpo block")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--checkpoint-dir",
-        required=True,
-        help="root of this job's checkpoints; outside --out, which Snakemake deletes on failure",
+        help="root of this job's checkpoints; outside --out, which Snakemake deletes on failure "
+        "(sft, dpo)",
     )
     parser.add_argument(
         "--launcher",
         default="python",
         help="'python' (this process) or an `accelerate launch ...` line; a free port is added",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.stage != "reference-logps" and not args.checkpoint_dir:
+        parser.error(f"{args.stage} needs --checkpoint-dir")
+    return args
+
+
+def reference_logps(args: argparse.Namespace, recipe: dict) -> int:
+    """The SFT model's reference log-probs of every pair (scdpo.train.reference), to --out."""
+    import tempfile
+
+    keys = ("id", "prompt", "chosen", "rejected")
+    data = {"train": _pair_rows(args.data, keys), "eval": _pair_rows(args.eval_data or "", keys)}
+    tokenizer = load_tokenizer(args.model, recipe)
+    with tempfile.TemporaryDirectory(prefix="scdpo-reference-") as scratch:
+        config = build_config("reference-logps", recipe, Path(scratch), tokenizer, False)
+        model = load_model(args.model, recipe)
+        records = reference.compute_logps(model, config, data, tokenizer)
+        reference.write_logps(args.out, records, config.should_save)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,5 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of each info line, from rank 0
     torch.set_num_threads(max(1, args.threads))
-    code = train(args.stage, args, json.loads(args.recipe))
+    recipe = json.loads(args.recipe)
+    if args.stage == "reference-logps":
+        code = reference_logps(args, recipe)
+    else:
+        code = train(args.stage, args, recipe)
     sys.exit(code)
