@@ -304,11 +304,20 @@ def shard_files(stage):
 
 
 def all_predictions(wildcards=None):
+    """Every evaluated model's predictions folder (one file per benchmark of its experiment)."""
     return [
-        f"results/{exp}/predictions/{model}/{benchmark}.jsonl"
-        for exp, spec in config["experiments"].items()
+        f"results/{exp}/predictions/{model}"
+        for exp in EXPERIMENTS
         for model in experiment_models(exp)
-        for benchmark in spec["benchmarks"]
+    ]
+
+
+def prediction_keys(wildcards=None):
+    """What each folder of all_predictions holds: [experiment, model, [benchmarks]]."""
+    return [
+        [exp, model, config["experiments"][exp]["benchmarks"]]
+        for exp in EXPERIMENTS
+        for model in experiment_models(exp)
     ]
 
 
@@ -341,13 +350,29 @@ def model_spec(wildcards):
     return exp_config(wildcards)["model"]
 
 
-def eval_params(wildcards):
-    """Generation params, with the benchmark's own tool-call limit where it has one."""
+def benchmark_generation(wildcards, benchmark):
+    """Generation params on one benchmark, with its own tool-call limit where it has one."""
     params = generation_params(wildcards)
-    max_calls = config["benchmarks"][wildcards.benchmark].get("max_calls")
+    max_calls = config["benchmarks"][benchmark].get("max_calls")
     if max_calls:
         params["generation"] = {**params["generation"], "max_calls": max_calls}
     return params
+
+
+def benchmark_questions(wildcards):
+    return [
+        f"results/benchmarks/{benchmark}.jsonl"
+        for benchmark in exp_config(wildcards)["benchmarks"]
+    ]
+
+
+def eval_parts(wildcards):
+    """An evaluation job's outputs, each with its params: {benchmark: params}, in the order of
+    the experiment's benchmarks (benchmark_questions)."""
+    return {
+        benchmark: benchmark_generation(wildcards, benchmark)
+        for benchmark in exp_config(wildcards)["benchmarks"]
+    }
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -379,16 +404,28 @@ def pilot_temperatures():
 
 
 def pilot_predictions(wildcards):
+    """The experiment's pilot folders, one per benchmark (a file per temperature)."""
     return [
-        f"results/{wildcards.exp}/pilot/{benchmark}/t{temperature}.jsonl"
+        f"results/{wildcards.exp}/pilot/{benchmark}"
         for benchmark in pilot_benchmarks(wildcards.exp)
-        for temperature in pilot_temperatures()
     ]
 
 
-def pilot_generation_params(wildcards):
-    """Evaluation's generation settings at the wildcard's fixed temperature."""
-    return {**eval_params(wildcards), "temperature": float(wildcards.temperature)}
+def pilot_keys(wildcards):
+    """What each folder of pilot_predictions holds: [benchmark, [temperature names]]."""
+    return [
+        [benchmark, pilot_temperatures()]
+        for benchmark in pilot_benchmarks(wildcards.exp)
+    ]
+
+
+def pilot_parts(wildcards):
+    """A pilot job's outputs: {t<temperature>: evaluation's params at that temperature}."""
+    params = benchmark_generation(wildcards, wildcards.benchmark)
+    return {
+        f"t{name}": {**params, "temperature": float(name)}
+        for name in pilot_temperatures()
+    }
 
 
 def statistics_params(wildcards=None):
@@ -506,17 +543,9 @@ def all_benchmark_files(wildcards=None):
                 f"{exp}/{s}" for s in shard_names(exp, "step_control")
             ],
             "dpo_train": [f"{exp}/{model}" for model in trained_models(exp)],
-            "eval_predict": [
-                f"{exp}/{model}/{benchmark}"
-                for model in experiment_models(exp)
-                for benchmark in spec["benchmarks"]
-            ],
+            "eval_predict": [f"{exp}/{model}" for model in experiment_models(exp)],
             "pilot_predict": (
-                [
-                    f"{exp}/{benchmark}/t{temperature}"
-                    for benchmark in pilot_benchmarks(exp)
-                    for temperature in pilot_temperatures()
-                ]
+                [f"{exp}/{benchmark}" for benchmark in pilot_benchmarks(exp)]
                 if exp in pilot_experiments()
                 else []
             ),

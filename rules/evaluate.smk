@@ -1,14 +1,16 @@
 rule eval_predict:
-    """j. Greedy answers of one model on one benchmark, with code execution and verdicts."""
+    """j. Greedy answers of one model on every benchmark of its experiment, with code execution
+    and verdicts: one engine load, one predictions file per benchmark in the output folder.
+    """
     input:
         model=model_dir,
-        questions="results/benchmarks/{benchmark}.jsonl",
+        questions=benchmark_questions,
     output:
-        ensure("results/{exp}/predictions/{model}/{benchmark}.jsonl", non_empty=True),
+        directory("results/{exp}/predictions/{model}"),
     log:
-        "logs/eval_predict/{exp}/{model}/{benchmark}.log",
+        "logs/eval_predict/{exp}/{model}.log",
     benchmark:
-        "logs/benchmarks/eval_predict/{exp}/{model}/{benchmark}.tsv"
+        "logs/benchmarks/eval_predict/{exp}/{model}.tsv"
     conda:
         "../envs/eval.yaml"
     threads: 1
@@ -17,7 +19,7 @@ rule eval_predict:
         runtime=6 * 60,
         gpu=generation_gpus,
     params:
-        generation=eval_params,
+        parts=eval_parts,
         code=code("predict.py"),
     script:
         "../workflow_scripts/predict.py"
@@ -67,6 +69,7 @@ rule table_accuracy:
         mem_mb=4000,
         runtime=10,
     params:
+        predictions=prediction_keys,
         statistics=statistics_params,
         power=power_params,
         code=code("table_accuracy.py"),

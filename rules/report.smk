@@ -36,18 +36,18 @@ rule pilot_problems:
 
 
 rule pilot_predict:
-    """Fig. 5 pilot: the SFT model's answers at one sampling temperature (evaluation's code path)."""
+    """Fig. 5 pilot: the SFT model's answers at every pilot temperature on one benchmark
+    (evaluation's code path): one engine load, one file per temperature in the output folder.
+    """
     input:
         model=sft_model,
         questions="results/pilot/{benchmark}/problems.jsonl",
     output:
-        ensure("results/{exp}/pilot/{benchmark}/t{temperature}.jsonl", non_empty=True),
+        directory("results/{exp}/pilot/{benchmark}"),
     log:
-        "logs/pilot_predict/{exp}/{benchmark}/t{temperature}.log",
+        "logs/pilot_predict/{exp}/{benchmark}.log",
     benchmark:
-        "logs/benchmarks/pilot_predict/{exp}/{benchmark}/t{temperature}.tsv"
-    wildcard_constraints:
-        temperature=r"[0-9][0-9.e+-]*",
+        "logs/benchmarks/pilot_predict/{exp}/{benchmark}.tsv"
     conda:
         "../envs/eval.yaml"
     threads: 1
@@ -56,7 +56,7 @@ rule pilot_predict:
         runtime=6 * 60,
         gpu=generation_gpus,
     params:
-        generation=pilot_generation_params,
+        parts=pilot_parts,
         code=code("predict.py"),
     script:
         "../workflow_scripts/predict.py"
@@ -65,7 +65,7 @@ rule pilot_predict:
 rule pilot_plot:
     """Fig. 5: SFT accuracy against temperature, with intervals."""
     input:
-        pilot_predictions,
+        pilot=pilot_predictions,
     output:
         csv="results/{exp}/report/pilot.csv",
         png=report(
@@ -83,6 +83,7 @@ rule pilot_plot:
         mem_mb=2000,
         runtime=10,
     params:
+        pilot=pilot_keys,
         statistics=statistics_params,
         code=code("report_pilot.py"),
     script:

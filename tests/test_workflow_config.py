@@ -209,11 +209,17 @@ def test_paper_config_plans_tables_1_and_2_with_one_gpu_count_per_generation_job
         "mathcoder_mistral_7b",
         "internlm2_20b",
     }
-    predictions = set(re.findall(r"results/(\w+)/predictions/(\w+)/(\w+)\.jsonl", result.stdout))
-    assert {e for e, _, _ in predictions} == experiments
-    assert {(m, b) for e, m, b in predictions if e == "internlm2_20b"} >= {
-        ("scdpo", b) for b in ("gsm8k", "math", "ape210k", "cmath", "mgsm_zh")
+    # One evaluation job per model, reading every benchmark of its experiment.
+    evaluations = re.findall(
+        r"^rule eval_predict:\n\s+input: results/(\w+)/models/(\w+), (.*)$", result.stdout, re.M
+    )
+    assert {e for e, _, _ in evaluations} == experiments
+    read = {
+        m: set(re.findall(r"benchmarks/(\w+)\.jsonl", q))
+        for e, m, q in evaluations
+        if e == "internlm2_20b"
     }
+    assert read["scdpo"] == {"gsm8k", "math", "ape210k", "cmath", "mgsm_zh"}
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     for job in result.stdout.split("\n\n"):
         rule = re.search(r"^rule (\w+):", job, re.M)

@@ -190,7 +190,7 @@ RERUN_MATRIX = {
             "solutions_merge": 1,
             **SC_AND_AFTER,
             "eval_predict": 5,
-            "pilot_predict": 2,
+            "pilot_predict": 1,  # one job for both temperatures
             "pilot_plot": 1,
             **AFTER_DATA,
         },
@@ -290,8 +290,9 @@ def test_adding_a_third_seed_plans_only_its_trainings_and_evaluations(micro_run,
             logs / "dpo_train/micro" / f"{variant}.tsv",
             logs / "dpo_train/micro" / f"{variant}-seed1.tsv",
         )
-        shutil.copytree(
-            logs / "eval_predict/micro" / variant, logs / "eval_predict/micro" / f"{variant}-seed1"
+        shutil.copy(
+            logs / "eval_predict/micro" / f"{variant}.tsv",
+            logs / "eval_predict/micro" / f"{variant}-seed1.tsv",
         )
 
     def seeds(*values):
@@ -375,6 +376,13 @@ def test_a_local_benchmark_file_reruns_its_jobs_on_an_edit_not_on_new_times(
     result = snakemake(workdir, "--cores", "2", "--configfile", changed)
     assert result.returncode == 0, result.output[-3000:]
     assert planned_jobs(result.output) == its_jobs  # nothing else ran
+    # Each model's evaluation job generated for the new benchmark only: its answers on
+    # synthetic_test came back from the job's cache (the earlier run's resume files).
+    for model in ("sft", "dpo", "dpo_data_equal", "scdpo", "step_dpo"):
+        log = (workdir / f"logs/eval_predict/micro/{model}.log").read_text()
+        cached = f"resuming results/micro/.resume/predictions/{model}/synthetic_test.jsonl: 3 of 3"
+        assert cached in log, log[-2000:]
+        assert f"resuming results/micro/.resume/predictions/{model}/local" not in log
 
     stat = bench.stat()
     os.utime(bench, ns=(stat.st_atime_ns, stat.st_mtime_ns + 3600 * 10**9))  # touch

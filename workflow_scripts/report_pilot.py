@@ -2,12 +2,16 @@ from _workflow import to_log
 
 to_log(snakemake.log[0])
 
-from pathlib import Path
-
 from scdpo.results.pilot import pilot_report
 
-# results/{exp}/pilot/{benchmark}/t{temperature}.jsonl
-paths = {(Path(p).parts[-2], float(Path(p).stem[1:])): p for p in snakemake.input}
+# The pilot folders with what each holds ([benchmark, [temperature names]]).
+paths = {
+    (benchmark, float(name)): f"{folder}/t{name}.jsonl"
+    for folder, (benchmark, names) in zip(
+        snakemake.input.pilot, snakemake.params.pilot, strict=True
+    )
+    for name in names
+}
 pilot_report(
     paths,
     snakemake.output.csv,

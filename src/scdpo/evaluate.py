@@ -3,7 +3,10 @@ report's pilot), with code execution, the extracted answer and its verdict."""
 
 from __future__ import annotations
 
-from scdpo.generation.job import Stage
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from scdpo.generation.job import Part, Stage
 from scdpo.generation.loop import Partial
 from scdpo.grading import predicted_answer
 from scdpo.jsonl import read_jsonl
@@ -57,6 +60,26 @@ def evaluation_stage(problems_path: str, params: dict) -> Stage:
         make_task=lambda p: AnswerTask(p, temperature, rubric),
         summarize=summarize,
     )
+
+
+def prediction_parts(
+    parts: Mapping[str, dict],
+    questions: Sequence[str],
+    out_dir: str,
+    resume_of: Callable[[str], str],
+) -> list[Part]:
+    """One evaluation job's outputs: a part per name of `parts` ({benchmark or t<temperature>:
+    params}), written to <out_dir>/<name>.jsonl, its questions from the matching file of
+    `questions` (one file for every part: the pilot's temperatures)."""
+    files = list(questions) * len(parts) if len(questions) == 1 else list(questions)
+    if len(files) != len(parts):
+        raise ValueError(f"{len(parts)} parts but {len(questions)} question files")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    made = []
+    for (name, params), path in zip(parts.items(), files, strict=True):
+        out = str(Path(out_dir) / f"{name}.jsonl")
+        made.append(Part(evaluation_stage(path, params), params, out, resume_of(out)))
+    return made
 
 
 def summarize(records: list[dict]) -> str:

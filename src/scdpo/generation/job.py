@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scdpo.generation.backends import make_backend
 from scdpo.generation.loop import LoopSettings, LoopStats, Task
-from scdpo.generation.runner import describe, fingerprint, run_resumable
+from scdpo.generation.runner import add_stats, describe, fingerprint, run_resumable
 from scdpo.jsonl import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -60,41 +60,6 @@ def resume_key(params: dict, model_dir: str, items: list[dict]) -> str:
     return fingerprint(params, input_stamp(model_dir), items)
 
 
-def run_generation(
-    items: list[dict],
-    make_task: Callable[[dict], Task],
-    model_dir: str,
-    params: dict,
-    out_path: str,
-    resume_path: str,
-    desc: str,
-    threads: int,
-) -> LoopStats:
-    """Generate for every item (resumable by chunks) and write the tasks' records in item order."""
-    from scdpo.modeling import set_threads
-
-    set_threads(threads)
-    generation = params["generation"]
-    key = resume_key(params, model_dir, items)
-    with sandbox_pool(params["sandbox"], workers=max(1, threads)) as pool:
-        records, stats = run_resumable(
-            items,
-            make_tasks=lambda chunk: [make_task(item) for item in chunk],
-            records_of=lambda tasks: [task.record() for task in tasks],
-            backend_factory=lambda: make_backend(generation["backend"], model_dir),
-            executor=pool,
-            settings=loop_settings(generation, params["seed"]),
-            resume_path=resume_path,
-            key=key,
-            chunk_size=generation["chunk_size"],
-            desc=desc,
-        )
-    write_jsonl(out_path, records)
-    if os.path.exists(resume_path):
-        os.remove(resume_path)
-    return stats
-
-
 @dataclass(frozen=True)
 class Stage:
     """What a generation job does: a task per item, and a line saying what the records hold."""
@@ -105,21 +70,80 @@ class Stage:
     summarize: Callable[[list[dict]], str]
 
 
+@dataclass(frozen=True)
+class Part:
+    """One output file of a generation job: a stage's records under its own params."""
+
+    stage: Stage
+    params: dict
+    out_path: str
+    resume_path: str
+
+
+class _OneEngine:
+    """The job's engine, loaded on the first chunk that needs it and shared by every part."""
+
+    def __init__(self, backend: dict, model_dir: str) -> None:
+        self.backend, self.model_dir = backend, model_dir
+        self.engine = None
+
+    def __call__(self):
+        if self.engine is None:
+            self.engine = make_backend(self.backend, self.model_dir)
+        return self.engine
+
+
+def _shared(parts: list[Part], block: str) -> dict:
+    """A config block every part of a job must share (one engine, one sandbox pool)."""
+    first = parts[0].params[block]
+    if any(part.params[block] != first for part in parts[1:]):
+        raise ValueError(f"the parts of one generation job differ in their {block!r} block")
+    return first
+
+
+def run_parts(
+    parts: list[Part], model_dir: str, threads: int, keep_resume: bool = False
+) -> LoopStats:
+    """One workflow job: each part's records (resumable by chunks) written in item order, with
+    one engine load and one sandbox pool for all of them (e.g. one model on every benchmark).
+
+    With `keep_resume`, finished parts' resume files stay: a re-run of the job (a benchmark added
+    to its list) takes the parts whose key is unchanged from there instead of generating them."""
+    from scdpo.modeling import set_threads
+
+    set_threads(threads)
+    engine = _OneEngine(_shared(parts, "generation")["backend"], model_dir)
+    total = LoopStats()
+    with sandbox_pool(_shared(parts, "sandbox"), workers=max(1, threads)) as pool:
+        for part in parts:
+            generation = part.params["generation"]
+            records, stats = run_resumable(
+                part.stage.items,
+                make_tasks=lambda chunk, stage=part.stage: [stage.make_task(i) for i in chunk],
+                records_of=lambda tasks: [task.record() for task in tasks],
+                backend_factory=engine,
+                executor=pool,
+                settings=loop_settings(generation, part.params["seed"]),
+                resume_path=part.resume_path,
+                key=resume_key(part.params, model_dir, part.stage.items),
+                chunk_size=generation["chunk_size"],
+                desc=part.stage.desc,
+            )
+            write_jsonl(part.out_path, records)
+            log.info("%s: %s; %s", part.out_path, part.stage.summarize(records), describe(stats))
+            add_stats(total, stats)
+    if not keep_resume:
+        for part in parts:
+            if os.path.exists(part.resume_path):
+                os.remove(part.resume_path)
+    return total
+
+
 def run_stage(
     stage: Stage, model_dir: str, params: dict, out_path: str, resume_path: str, threads: int
-) -> None:
-    """One workflow job of a generation stage: generate, write the records, log their summary."""
-    stats = run_generation(
-        stage.items,
-        stage.make_task,
-        model_dir,
-        params,
-        out_path,
-        resume_path,
-        stage.desc,
-        threads,
-    )
-    log.info("%s; %s", stage.summarize(list(read_jsonl(out_path))), describe(stats))
+) -> LoopStats:
+    """One workflow job of a generation stage with one output (a shard)."""
+    return run_parts([Part(stage, params, out_path, resume_path)], model_dir, threads)
 
 
 def merge_shards(shard_paths: list[str], out_path: str) -> None:

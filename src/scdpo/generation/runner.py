@@ -90,7 +90,7 @@ def run_resumable(
         os.remove(resume_path)
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     if done:
-        log.info("resuming: %d of %d chunks already done", len(done), len(chunks))
+        log.info("resuming %s: %d of %d chunks already done", resume_path, len(done), len(chunks))
     total = LoopStats()
     backend = None
     # Progress counts questions (done when their task is), so the ETA holds however many samples
@@ -105,7 +105,7 @@ def run_resumable(
         stats = run_frontier(tasks, backend, executor, settings, progress=bar.update)
         done[index] = records_of(tasks)
         append_jsonl(resume_path, [{"fingerprint": key, "chunk": index, "records": done[index]}])
-        _accumulate(total, stats)
+        add_stats(total, stats)
         log.info("chunk %d/%d: %s", index + 1, len(chunks), describe(stats))
     bar.close()
     if total.rounds:
@@ -126,6 +126,7 @@ def describe(stats: LoopStats) -> str:
     return line
 
 
-def _accumulate(total: LoopStats, stats: LoopStats) -> None:
+def add_stats(total: LoopStats, stats: LoopStats) -> None:
+    """Add `stats` into `total`, field by field."""
     for name in vars(total):
         setattr(total, name, getattr(total, name) + getattr(stats, name))

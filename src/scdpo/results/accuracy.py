@@ -338,9 +338,16 @@ def table_markdown(table: pd.DataFrame) -> str:
     return blank.to_markdown(index=False, floatfmt=".1f") + "\n"
 
 
-def prediction_keys(paths: Iterable[str]) -> dict[tuple[str, str, str], str]:
-    """results/{exp}/predictions/{model}/{benchmark}.jsonl -> {(exp, model, benchmark): path}."""
-    return {(Path(p).parts[-4], Path(p).parts[-2], Path(p).stem): p for p in paths}
+def prediction_files(
+    folders: Sequence[str], keys: Sequence[tuple[str, str, Sequence[str]]]
+) -> dict[tuple[str, str, str], str]:
+    """Evaluation folders (one per model, a file per benchmark) and what each holds, as
+    {(experiment, model, benchmark): path}."""
+    return {
+        (exp, model, benchmark): str(Path(folder) / f"{benchmark}.jsonl")
+        for folder, (exp, model, benchmarks) in zip(folders, keys, strict=True)
+        for benchmark in benchmarks
+    }
 
 
 def pair_file_keys(paths: Iterable[str]) -> dict[tuple[str, str], list[str]]:
