@@ -120,6 +120,7 @@ def trained(tmp_path_factory) -> Path:
 def test_a_training_writes_its_curves_live_and_into_the_model(trained):
     live, kept = events.event_files(trained / "logs"), events.event_files(trained / "dpo")
     assert len(live) == 1 and [p.name for p in kept] == [live[0].name]
+    assert len(live[0].parent.name) == 16  # a folder per run key: another recipe's run apart
     assert kept[0].parent == trained / "dpo" / "tensorboard"
     assert not (trained / "ck").exists()  # the checkpoints went, the curves stayed
 

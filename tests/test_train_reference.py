@@ -194,3 +194,12 @@ def test_a_pair_the_file_lacks_or_a_missing_file_fails_by_name(ws, tmp_path):
     )
     with pytest.raises(SystemExit, match="needs --reference-logps"):
         cli._data("dpo", args, recipe)
+
+
+def test_the_reference_job_needs_only_the_keys_that_change_its_values(ws, tmp_path):
+    """A rule keys the job on reference.RECIPE_KEYS alone, so that learning rates, betas and
+    seeds share one file: the values are the same as with the whole recipe."""
+    alone = {k: RECIPE[k] for k in reference.RECIPE_KEYS if k in RECIPE}
+    done = run("reference-logps", *pairs_args(ws), "--out", str(tmp_path / "r.jsonl"), recipe=alone)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert (tmp_path / "r.jsonl").read_text() == (ws / "ref.jsonl").read_text()

@@ -248,11 +248,14 @@ def _data(stage: str, args: argparse.Namespace, recipe: dict) -> dict:
 
 
 def _curves(args: argparse.Namespace, recipe: dict, store: CheckpointStore) -> Path | None:
-    """Where this run's TensorBoard files go: --logging-dir, else beside its checkpoints (kept
-    across a resume, copied into the output at the end); None without `tensorboard`."""
+    """Where this run's TensorBoard files go: <--logging-dir>/<run key>, else beside its
+    checkpoints; kept across a resume (same key), apart from other runs' (another recipe, data or
+    model), copied into the output at the end. None without `tensorboard`."""
     if "tensorboard" not in recipe.get("report_to", ["tensorboard"]):
         return None
-    return Path(args.logging_dir) if args.logging_dir else store.dir / "tensorboard"
+    if args.logging_dir:
+        return Path(args.logging_dir) / store.dir.name
+    return store.dir / "tensorboard"
 
 
 def train(stage: str, args: argparse.Namespace, recipe: dict) -> int:
@@ -331,6 +334,7 @@ def reference_logps(args: argparse.Namespace, recipe: dict) -> int:
 
     keys = ("id", "prompt", "chosen", "rejected")
     data = {"train": _pair_rows(args.data, keys), "eval": _pair_rows(args.eval_data or "", keys)}
+    recipe = reference.job_recipe(recipe)
     tokenizer = load_tokenizer(args.model, recipe)
     with tempfile.TemporaryDirectory(prefix="scdpo-reference-") as scratch:
         config = build_config("reference-logps", recipe, Path(scratch), tokenizer, False)

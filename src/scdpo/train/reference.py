@@ -45,6 +45,29 @@ RECIPE_KEYS = (
 )
 
 
+# What the rest of a DPO recipe holds, for a reference job given RECIPE_KEYS alone (none of it
+# changes the values: no optimizer step, no shuffling, dropout off).
+_UNUSED = {
+    "learning_rate": 1e-6,
+    "epochs": 1,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler": "constant",
+    "warmup_ratio": 0.0,
+    "seed": 0,
+    "beta": 0.1,
+    "report_to": [],
+}
+
+
+def job_recipe(recipe: dict) -> dict:
+    """The recipe a reference job builds its DPOTrainer with: the given keys (the whole DPO
+    block, or RECIPE_KEYS alone), the rest filled."""
+    missing = [k for k in ("max_length", "batch_size") if k not in recipe]
+    if missing:
+        raise SystemExit(f"reference-logps: the recipe needs {missing}")
+    return {**_UNUSED, **recipe, "report_to": []}
+
+
 def pair_digest(row: dict) -> str:
     """What identifies a pair for its reference log-probs: its three texts."""
     text = "\0".join((row["prompt"], row["chosen"], row["rejected"]))
