@@ -157,3 +157,11 @@ def test_packing_is_refused_where_attention_would_cross_examples():
         packing.check_model({"packing": "padding_free"}, model(builtin, "flex_attention"))
     with pytest.raises(SystemExit, match="not one of"):
         packing.mode({"packing": "wrapped"})
+
+
+def test_stage_keys_are_refused_in_the_other_stage(tmp_path):
+    tokenizer = SimpleNamespace(eos_token="</s>")
+    with pytest.raises(SystemExit, match="packing is an SFT recipe key"):
+        cli.build_config("dpo", {**RECIPE, "beta": 0.1, "packing": "bfd"}, tmp_path, tokenizer, 0)
+    with pytest.raises(SystemExit, match="reference is a DPO recipe key"):
+        cli.build_config("sft", {**RECIPE, "reference": "precomputed"}, tmp_path, tokenizer, 0)

@@ -121,6 +121,10 @@ def build_config(stage: str, recipe: dict, out_dir: Path, tokenizer, has_eval: b
     """SFTConfig/DPOConfig. Built BEFORE any model loads: with DeepSpeed ZeRO-3 the config
     registers itself (HfDeepSpeedConfig) so that from_pretrained partitions at load time."""
     args = common_args(recipe, out_dir)
+    if stage != "sft" and packing.mode(recipe) != "none":
+        raise SystemExit("packing is an SFT recipe key: set it in the sft block")
+    if stage == "sft" and precomputed(recipe):
+        raise SystemExit("reference is a DPO recipe key: set it in the dpo block")
     if stage == "sft":
         from trl import SFTConfig
 
