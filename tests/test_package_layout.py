@@ -26,6 +26,9 @@ FLOORS = {
         "config_check",
         "fingerprint",
         "code_version",
+        "hub",
+        "loading",
+        "spm",
         "tokens",
         "jsonl",
         "solution",
@@ -37,6 +40,7 @@ FLOORS = {
     1: [
         "problems",
         "modeling",
+        "convert",
         "pairs",
         "labels",
         "generation",
