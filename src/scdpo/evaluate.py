@@ -64,14 +64,15 @@ def evaluation_stage(problems_path: str, params: dict) -> Stage:
 
 def prediction_parts(
     parts: Mapping[str, dict],
-    questions: Sequence[str],
+    questions: str | Sequence[str],
     out_dir: str,
     resume_of: Callable[[str], str],
 ) -> list[Part]:
     """One evaluation job's outputs: a part per name of `parts` ({benchmark or t<temperature>:
     params}), written to <out_dir>/<name>.jsonl, its questions from the matching file of
     `questions` (one file for every part: the pilot's temperatures)."""
-    files = list(questions) * len(parts) if len(questions) == 1 else list(questions)
+    questions = [questions] if isinstance(questions, str) else list(questions)
+    files = questions * len(parts) if len(questions) == 1 else questions
     if len(files) != len(parts):
         raise ValueError(f"{len(parts)} parts but {len(questions)} question files")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
