@@ -4,6 +4,7 @@
 
 
 include: "rules/common.smk"
+include: "rules/fetch.smk"
 include: "rules/problems.smk"
 include: "rules/model.smk"
 include: "rules/sampling.smk"

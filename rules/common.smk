@@ -80,6 +80,58 @@ os.environ.update(
 EXPERIMENTS = list(config["experiments"])
 
 
+# --- the Hugging Face hub: fetched on the login node, read offline by compute jobs ---------------
+# (scdpo.hub; the rule hub_fetch is in rules/fetch.smk.) Every job reads models and datasets from
+# one cache (HF_HUB_CACHE, HF_DATASETS_CACHE: $SCDPO_HUB_CACHE, else the user's HF_HUB_CACHE or
+# HF_HOME, else resources/hub). The local rule hub_fetch fills it for each experiment that names
+# hub ids; a compute job's own Snakemake (on a SLURM node it parses this file again) switches the
+# hub off (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1), and model_base reads only the cache anyway.
+# The embedded default names no hub id: no fetch job.
+from scdpo import hub
+
+os.environ.update(hub.cache_environment(os.environ))
+if not workflow.is_main_process:
+    os.environ.update(hub.offline_environment())
+
+HUB_FETCHED = hub.marker("{exp}")
+
+
+def hub_sources(wildcards):
+    """The experiment's hub models and datasets ({kind, id}): the fetch rule's param."""
+    return hub.experiment_sources(config, wildcards.exp)
+
+
+def hub_fetched(wildcards):
+    """model_base waits for its experiment's fetch; ancient: a re-fetch (a benchmark added)
+    re-runs nothing downstream. Hub ids are tracked by name, as before."""
+    if not hub_sources(wildcards):
+        return {}
+    return {"hub": ancient(hub.marker(wildcards.exp))}
+
+
+def model_base_mem_mb(wildcards):
+    """Memory of model_base, from the model's size in its dtype (the cached or local folder's
+    weights, else the parameter count in its name): 1.5 x the weights (a converted InternLM2
+    shard and the resized embeddings beside the model) + 8 GB; 32 GB when unknown."""
+    spec = model_spec(wildcards)
+    if spec["source"] == "scratch":
+        return 4000
+    size = hub.model_bytes(spec["name_or_path"], spec["dtype"])
+    return 32000 if size is None else int(1.5 * size / 1e6) + 8000
+
+
+def model_base_runtime(wildcards):
+    """Minutes: an hour, or 3 minutes per GB of weights (read, converted, written) if longer."""
+    spec = model_spec(wildcards)
+    size = (
+        None if spec["source"] == "scratch" else hub.model_bytes(spec["name_or_path"])
+    )
+    return max(60, int(3 * (size or 0) / 1e9))
+
+
+# --- end of the hub block --------------------------------------------------------------------------
+
+
 # A DPO-trained model is a variant, with "-seed<N>" when trained with another seed than the
 # recipe's (scdpo.names.trained_name); an evaluated model is one of those or the SFT model.
 TRAINED = f"(?:{'|'.join(VARIANTS)})(?:{SEED_MARK}\\d+)?"

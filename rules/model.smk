@@ -1,7 +1,10 @@
 rule model_base:
-    """b. The base model with the marker tokens as special tokens (scratch: tiny Llama + tokenizer)."""
+    """b. The base model with the marker tokens as special tokens (scratch: tiny Llama + tokenizer;
+    a hub model from the hub cache, offline; InternLM2 converted to the Llama layout).
+    """
     input:
         unpack(base_model_inputs),
+        unpack(hub_fetched),
     output:
         directory("results/{exp}/models/base"),
     log:
@@ -12,8 +15,8 @@ rule model_base:
         "../envs/train.yaml"
     threads: 2
     resources:
-        mem_mb=32000,
-        runtime=60,
+        mem_mb=model_base_mem_mb,
+        runtime=model_base_runtime,
     params:
         spec=model_spec,
         content=model_content,

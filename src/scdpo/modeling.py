@@ -1,27 +1,27 @@
 """Base models: a tiny Llama made from scratch (the embedded default) or a real one by id or path.
 
 Either way the method's marker tokens end up as special tokens, `<|endofmessage|>` is the EOS,
-and the result is saved with `save_pretrained` so every later stage loads it the same way.
+and the result is saved with `save_pretrained` so every later stage loads it the same way. A hub
+id is read from the hub cache that the fetch rule filled (scdpo.hub: compute jobs are offline),
+an InternLM2 checkpoint is converted to the Llama layout (scdpo.convert), and every load goes
+through scdpo.loading with the experiment's `trust_remote_code`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from scdpo import hub
+from scdpo.convert import is_internlm2, load_as_llama
 from scdpo.jsonl import read_jsonl
+from scdpo.loading import has_remote_code, load_model, load_tokenizer
 from scdpo.solution import END_OF_MESSAGE, MARKERS
 
 log = logging.getLogger(__name__)
@@ -104,15 +104,29 @@ def _mean_initialise(model, old_rows: int) -> None:
         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
 
 
-def load_pretrained(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False):
-    """A real base model by hub id or local path, with the markers added. A model with its own
-    modeling code (InternLM2) needs `trust_remote_code`; saving it keeps that code beside it."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+def load_pretrained(
+    name_or_path: str,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    scratch: str | Path | None = None,
+):
+    """A real base model by hub id (from the hub cache, never downloaded here) or local path,
+    with the markers added. An InternLM2 checkpoint is converted to the Llama layout (through
+    `scratch`, a folder beside the output, removed afterwards); any other model with its own
+    code needs `trust_remote_code`, and saving it keeps that code beside it."""
+    endpoint = os.environ.get("HF_ENDPOINT", "the default")
+    state = "offline" if hub.is_offline() else "online"
+    log.info("hub %s (HF_ENDPOINT=%s), cache %s", state, endpoint, hub.hub_cache())
+    source = hub.local_dir(name_or_path, "model")
+    if is_internlm2(source):
+        scratch = scratch or Path(source).parent / "llama-conversion"
+        model, tokenizer = load_as_llama(source, scratch, dtype)
+        log.info("%s: InternLM2 converted to LlamaForCausalLM (native code)", name_or_path)
+    else:
+        tokenizer = load_tokenizer(source, trust_remote_code)
+        model = load_model(source, trust_remote_code, dtype=dtype)
     added = add_marker_tokens(model, tokenizer)
-    log.info("loaded %s; added %d marker tokens", name_or_path, added)
+    log.info("loaded %s from %s; added %d marker tokens", name_or_path, source, added)
     return model, tokenizer
 
 
@@ -123,18 +137,14 @@ def save(model, tokenizer, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def has_remote_code(path: str | Path) -> bool:
-    """Whether a saved model names its own modeling code (`auto_map`). The pipeline saved it
-    from a base model the config trusted (`model.trust_remote_code`), so loading it trusts it."""
-    config = Path(path) / "config.json"
-    return config.is_file() and "auto_map" in json.loads(config.read_text())
+__all__ = ["has_remote_code"]  # re-exported: the vLLM engine asks it here
 
 
-def load(path: str | Path, device: str = "cpu"):
-    """A model saved by this pipeline, for inference or training."""
-    trust = has_remote_code(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust)
+def load(path: str | Path, device: str = "cpu", trust_remote_code: bool | None = None):
+    """A model saved by this pipeline, for inference or training (scdpo.loading: trusted where
+    the folder keeps the code of a base model the config trusted)."""
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    model = load_model(path, trust_remote_code, dtype="auto")
     return model.to(device), tokenizer
 
 
@@ -144,8 +154,12 @@ def build_base_model(spec: dict, corpus: Iterable[str], out_dir: str | Path) -> 
         tokenizer = train_tokenizer(corpus, spec["vocab_size"])
         model = create_tiny_llama(tokenizer, spec, spec["seed"])
     else:
+        out_dir = Path(out_dir)
         model, tokenizer = load_pretrained(
-            spec["name_or_path"], spec["dtype"], spec["trust_remote_code"]
+            spec["name_or_path"],
+            spec["dtype"],
+            spec["trust_remote_code"],
+            scratch=out_dir.with_name(out_dir.name + ".llama-conversion"),
         )
     save(model, tokenizer, out_dir)
     return {

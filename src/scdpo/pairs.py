@@ -324,11 +324,11 @@ def build_pairs(
 
 class _Tokenizer:
     def __init__(self, model_dir: str) -> None:
-        from transformers import AutoTokenizer
-
+        from scdpo.loading import load_tokenizer
         from scdpo.tokens import leading_special_ids
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # The one loader: trusts the folder's own code where the experiment's config did.
+        self.tokenizer = load_tokenizer(model_dir)
         self.leading = len(leading_special_ids(self.tokenizer))
 
     def encode(self, text: str) -> list[int]:

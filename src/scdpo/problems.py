@@ -188,16 +188,24 @@ def load_jsonl_problems(
 
 
 def _hf_rows(dataset_id: str, name: str | None, split: str):
-    """One split of a hub dataset, or of a local directory read afresh: `datasets` caches a
-    local directory under its base name and configuration alone, so another directory of that
-    name (`openai/gsm8k` in another run folder), or new files at the same path, would come back
-    as the first one's rows."""
+    """One split of a dataset: a hub id is read from its snapshot in the hub cache (scdpo.hub;
+    the data rules run on the login node, which fetches a snapshot not there yet, and a job with
+    the hub offline fails naming the dataset and the fetch rule), a local directory as it is.
+    Either folder is read afresh: `datasets` caches a local directory under its base name and
+    configuration alone, so another directory of that name (`openai/gsm8k` in another run
+    folder), or new files at the same path, would come back as the first one's rows."""
     import datasets
 
-    if not Path(dataset_id).is_dir():
-        return datasets.load_dataset(dataset_id, name, split=split)
+    from scdpo import hub
+
+    folder = hub.local_dir(dataset_id, "dataset", download=True)
+    if folder != dataset_id:
+        # A snapshot's folder names its commit: its Arrow files can stay (and stay lazy).
+        snapshot = Path(folder)
+        cache = Path(datasets.config.HF_DATASETS_CACHE, "scdpo", snapshot.parts[-3], snapshot.name)
+        return datasets.load_dataset(folder, name, split=split, cache_dir=str(cache))
     with tempfile.TemporaryDirectory(prefix="scdpo-dataset-") as cache:
-        return list(datasets.load_dataset(dataset_id, name, split=split, cache_dir=cache))
+        return list(datasets.load_dataset(folder, name, split=split, cache_dir=cache))
 
 
 def load_hf_problems(
