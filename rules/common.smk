@@ -1,6 +1,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -25,6 +26,7 @@ from scdpo.code_version import code_version
 from scdpo.config import canonical, fill_defaults
 from scdpo.config_check import check_config
 from scdpo.cpu import job_environment
+from scdpo.train.reference import RECIPE_KEYS as REFERENCE_KEYS
 from scdpo.fingerprint import launcher_paths, local_content, model_paths, source_paths
 from scdpo.names import (
     SEED_MARK,
@@ -373,10 +375,30 @@ def prediction_keys(wildcards=None):
     ]
 
 
-def trained_pairs(wildcards):
-    """The pair set a DPO training learns from: its variant's, whatever its seed."""
-    pairs = f"results/{wildcards.exp}/pairs/{variant_of(wildcards.trained)}"
+def variant_pairs(exp, variant):
+    pairs = f"results/{exp}/pairs/{variant}"
     return {"train": f"{pairs}/train.jsonl", "eval": f"{pairs}/eval.jsonl"}
+
+
+def trained_pairs(wildcards):
+    """The pair set a DPO training learns from (its variant's, whatever its seed) and, with
+    `dpo.reference: precomputed`, the SFT model's log-probs of those pairs (else no file).
+    """
+    variant = variant_of(wildcards.trained)
+    reference = []
+    if exp_config(wildcards)["dpo"]["reference"] == "precomputed":
+        reference = f"results/{wildcards.exp}/pairs/{variant}/reference_logps.jsonl"
+    return {**variant_pairs(wildcards.exp, variant), "reference": reference}
+
+
+def reference_pairs(wildcards):
+    return variant_pairs(wildcards.exp, wildcards.variant)
+
+
+def reference_recipe(wildcards):
+    """The DPO recipe's keys that change reference log-probs (one file for every seed and rate)."""
+    dpo = exp_config(wildcards)["dpo"]
+    return json.dumps({k: dpo[k] for k in REFERENCE_KEYS if k in dpo}, sort_keys=True)
 
 
 def pairs_inputs(wildcards):
@@ -579,8 +601,21 @@ def report_outputs(wildcards=None):
             f"results/{exp}/report/data_stats.html",
             f"results/{exp}/report/localisation.html",
             f"results/{exp}/report/credit",
+            f"results/{exp}/report/curves.png",
         ]
     return outputs
+
+
+def trainings(wildcards):
+    """Every trained model of an experiment, SFT first (a skipped SFT has no curves)."""
+    skipped = exp_config(wildcards)["sft"].get("skip", False)
+    names = ([] if skipped else ["sft"]) + trained_models(wildcards.exp)
+    return [f"results/{wildcards.exp}/models/{name}" for name in names]
+
+
+def training_names(wildcards):
+    """What each folder of `trainings` is, in its order."""
+    return [Path(folder).name for folder in trainings(wildcards)]
 
 
 def all_benchmark_files(wildcards=None):
@@ -595,6 +630,11 @@ def all_benchmark_files(wildcards=None):
                 f"{exp}/{s}" for s in shard_names(exp, "step_control")
             ],
             "dpo_train": [f"{exp}/{model}" for model in trained_models(exp)],
+            "reference_logps": (
+                [f"{exp}/{variant}" for variant in experiment_variants(exp)]
+                if spec["dpo"]["reference"] == "precomputed"
+                else []
+            ),
             "eval_predict": [f"{exp}/{model}" for model in experiment_models(exp)],
             "pilot_predict": (
                 [f"{exp}/{benchmark}" for benchmark in pilot_benchmarks(exp)]

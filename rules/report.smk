@@ -9,6 +9,7 @@ report: "../report/workflow.rst"
 localrules:
     pilot_problems,
     pilot_plot,
+    training_curves,
     data_stats,
     table_cost,
 
@@ -198,3 +199,32 @@ rule table_cost:
         code=code("report_cost.py"),
     script:
         "../workflow_scripts/report_cost.py"
+
+
+rule training_curves:
+    """Training curves of every training of an experiment (loss, learning rate, DPO reward margins
+    and accuracies, eval loss, throughput) from the TensorBoard files in each model's folder.
+    """
+    input:
+        trainings,
+    output:
+        csv="results/{exp}/report/curves.csv",
+        png=report(
+            "results/{exp}/report/curves.png",
+            caption="../report/curves.rst",
+            category="6. Training curves",
+            labels={"experiment": "{exp}", "figure": "training curves"},
+        ),
+    log:
+        "logs/training_curves/{exp}.log",
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        names=training_names,
+        code=code("report_curves.py"),
+    script:
+        "../workflow_scripts/report_curves.py"

@@ -76,3 +76,19 @@ def test_report_has_data_statistics_and_cost(report):
     assert embedded["data_stats.png"][0][:4] == b"\x89PNG"
     cost = _text(embedded, "cost.html")
     assert "dpo_train" in cost and "eval_predict" in cost and "pilot_predict" in cost
+
+
+def test_report_has_the_training_curves_of_every_training(report, micro_run):
+    """Every training of the micro run wrote TensorBoard files into its model's folder; the
+    report's curves read them (a loss curve per training, DPO's reward margins)."""
+    _, embedded = report
+    assert embedded["curves.png"][0][:8] == b"\x89PNG\r\n\x1a\n"
+    trainings = ["sft", "dpo", "dpo_data_equal", "scdpo", "step_dpo"]
+    for name in trainings:
+        events = list((micro_run / "results/micro/models" / name / "tensorboard").rglob("*"))
+        assert any("tfevents" in p.name for p in events), name
+    curves = pd.read_csv(micro_run / "results/micro/report/curves.csv")
+    losses = curves[curves["tag"] == "train/loss"]
+    assert set(losses["run"]) == set(trainings)
+    margins = curves[curves["tag"].str.contains("rewards/margins")]
+    assert set(margins["run"]) == set(trainings) - {"sft"}

@@ -141,12 +141,14 @@ def test_another_entry_point_or_venv_path_plans_nothing(micro_run, tmp_path):
 # Jobs downstream of any change: the tables, the credit pages (they read the DPO models), the
 # cost table (it reads the benchmark file of every job that ran), and the data statistics.
 TABLES = {"table_accuracy": 1, "table_cost": 1}
-AFTER_DPO = {**TABLES, "credit_assign": 1}
+CURVES = {"training_curves": 1}  # they read every training
+AFTER_DPO = {**TABLES, **CURVES, "credit_assign": 1}
 AFTER_DATA = {**AFTER_DPO, "data_stats": 1}
 SC_AND_AFTER = {
     "negatives_step_controlled": 2,
     "negatives_merge": 1,
     "pairs_build": 4,
+    "reference_logps": 4,  # micro computes the reference's log-probs once per pair set
     "dpo_train": 4,
     "eval_predict": 4,
 }
@@ -160,12 +162,16 @@ RERUN_MATRIX = {
     "sc_schedule": (
         lambda e: e["step_control"].update(schedule="released_code"),
         # plain DPO reads naive pairs only: its pairs, training and evaluation stay
-        {**SC_AND_AFTER, "pairs_build": 3, "dpo_train": 3, "eval_predict": 3, **AFTER_DATA},
+        {
+            **SC_AND_AFTER,
+            **dict(pairs_build=3, reference_logps=3, dpo_train=3, eval_predict=3),
+            **AFTER_DATA,
+        },
     ),
     "dpo_max_length": (
         lambda e: e["dpo"].update(max_length=512),
         # the data table counts the pairs
-        {"pairs_build": 4, "dpo_train": 4, "eval_predict": 4, **AFTER_DATA},
+        {"pairs_build": 4, "reference_logps": 4, "dpo_train": 4, "eval_predict": 4, **AFTER_DATA},
     ),
     "sampling_k": (
         lambda e: e["sampling"].update(max_samples=12),
@@ -175,7 +181,7 @@ RERUN_MATRIX = {
     # (the credit pages read the recipe seed's models only).
     "dpo_second_seed": (
         lambda e: e["dpo"].update(seeds=[0, 1]),
-        {"dpo_train": 4, "eval_predict": 4, **TABLES},
+        {"dpo_train": 4, "eval_predict": 4, **TABLES, **CURVES},
     ),
     # Dropping a variant re-runs only what reads every variant.
     "without_step_dpo": (
@@ -302,13 +308,14 @@ def test_adding_a_third_seed_plans_only_its_trainings_and_evaluations(micro_run,
 
     two = snakemake(workdir, "-n", "--configfile", seeds(0, 1))
     assert two.returncode == 0, two.output[-3000:]
-    assert planned_jobs(two.output).keys() <= set(TABLES), two.output[-3000:]
+    assert planned_jobs(two.output).keys() <= set(TABLES) | set(CURVES), two.output[-3000:]
     three = snakemake(workdir, "-n", "--configfile", seeds(0, 1, 2))
     assert three.returncode == 0, three.output[-3000:]
     assert planned_jobs(three.output) == {
         "dpo_train": len(variants),
         "eval_predict": len(variants),
         **TABLES,
+        **CURVES,
     }
     assert _planned_outputs(three.output, "dpo_train") == {
         f"results/micro/models/{variant}-seed2" for variant in variants
@@ -420,7 +427,8 @@ def test_a_package_code_change_reruns_its_stage_and_what_follows(micro_run, tmp_
     pairs.write_text('"""Edited docstring. ' + text[3:] + "\n# a comment\n")
     assert _plan(workdir, config, snakefile) == {}
     pairs.write_text(pairs.read_text() + "_CHANGED = True\n")
-    after_pairs = {"pairs_build": 4, "dpo_train": 4, "eval_predict": 4, **AFTER_DATA}
+    after_pairs = {"pairs_build": 4, "reference_logps": 4, "dpo_train": 4, "eval_predict": 4}
+    after_pairs.update(AFTER_DATA)
     assert _plan(workdir, config, snakefile) == after_pairs
     touched = subprocess.run(
         [sys.executable, "-m", "snakemake", "--touch", "--cores", "1"]
