@@ -28,6 +28,7 @@ from scdpo.config_check import check_config
 from scdpo.cpu import job_environment
 from scdpo.train.reference import RECIPE_KEYS as REFERENCE_KEYS
 from scdpo.fingerprint import launcher_paths, local_content, model_paths, source_paths
+from scdpo.results.plan import GENERATION_RULES
 from scdpo.names import (
     SEED_MARK,
     VARIANTS,
@@ -551,14 +552,6 @@ def credit_params(wildcards):
         "variants": experiment_variants(wildcards.exp),
         **config["report"]["credit"],
     }
-
-
-GENERATION_RULES = [
-    "solutions_sample",
-    "negatives_step_controlled",
-    "eval_predict",
-    "pilot_predict",
-]
 
 
 def experiment_gpus(exp):

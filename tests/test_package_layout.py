@@ -50,6 +50,7 @@ FLOORS = {
         "results.data_stats",
         "results.data_scale",
         "results.cost",
+        "results.plan",
     ],
     2: [
         "sampling",
