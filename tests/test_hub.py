@@ -167,3 +167,26 @@ def test_model_sizes_come_from_the_cache_or_the_name(fetched):
     assert _run(code, compute).stdout.strip() == "200"  # 100 bytes of bfloat16, as float32
     assert hub.model_bytes("internlm/internlm2-20b-never-cached", "bfloat16") == 40_000_000_000
     assert hub.model_bytes("org/no-size-here") is None
+
+
+def _plan(workdir: Path, config: dict) -> str:
+    (workdir / "c.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")]
+        + ["--directory", str(workdir), "--configfile", str(workdir / "c.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_the_embedded_default_plans_no_fetch_and_a_hub_model_waits_for_one(tmp_path):
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert "hub_fetch" not in _plan(tmp_path, default)
+    default["experiments"]["tiny"]["model"] = {"source": "hf", "name_or_path": "org/model"}
+    plan = _plan(tmp_path, default)
+    assert "rule hub_fetch:" in plan
+    model_base = plan.split("rule model_base:", 1)[1].split("\n\n", 1)[0]
+    assert "input: results/tiny/hub/fetched.json" in model_base, model_base
