@@ -19,6 +19,7 @@ from scdpo.results.plan import (
     job_stats,
     main,
     measured_hours,
+    parse_args,
     parse_dry_run,
     plan_rows,
 )
@@ -100,6 +101,8 @@ def test_hours_per_job_are_measured_by_experiment_then_by_rule_else_the_runtime_
     _benchmark(bench / "solutions_sample" / "big" / "shard1-of2.tsv", 7200)
     _benchmark(bench / "solutions_sample" / "small" / "shard0-of1.tsv", 360)
     _benchmark(bench / "sft_train" / "elsewhere.tsv", 1800)
+    with pytest.raises(FileNotFoundError, match="no benchmark files"):
+        measured_hours(tmp_path / "elsewhere", [])
     measured = measured_hours(tmp_path, ["big", "small"])
     assert measured == {
         ("solutions_sample", "big"): [1.0, 2.0],
@@ -188,3 +191,10 @@ def test_the_module_imports_only_the_standard_library_at_import():
         for alias in node.names
     }
     assert top <= set(sys.stdlib_module_names), top
+
+
+def test_every_other_option_reaches_snakemake_in_its_order():
+    argv = ["--configfile", "c.yaml", "--config", "x=1", "--rates-from", "run", "--forceall"]
+    known, args = parse_args(argv)
+    assert known.rates_from == "run"
+    assert args == ["--configfile", "c.yaml", "--config", "x=1", "--forceall"]

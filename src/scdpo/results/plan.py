@@ -141,7 +141,10 @@ def measured_hours(run_dir: str | Path, experiments: Sequence[str]) -> dict[tupl
     the experiment is '' where the path names none of `experiments`."""
     from scdpo.results.cost import benchmark_records
 
-    files = sorted((Path(run_dir) / "logs" / "benchmarks").rglob("*.tsv"))
+    folder = Path(run_dir) / "logs" / "benchmarks"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no benchmark files of an earlier run there")
+    files = sorted(folder.rglob("*.tsv"))
     hours: dict[tuple[str, str], list] = {}
     for record in benchmark_records(files, experiments):
         if not math.isnan(record["s"]):
@@ -290,22 +293,30 @@ def dry_run(args: Sequence[str], cwd: str | Path = ".") -> str:
     return result.stdout
 
 
-def main(argv: Sequence[str] | None = None, cwd: str | Path = ".") -> int:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """This command's own option, and every other one for snakemake, in their order."""
     parser = argparse.ArgumentParser(
         prog="python -m scdpo.results.plan",
-        description="GPU jobs, engine loads and GPU-hours per rule of `snakemake -n`; "
-        "other options go to snakemake.",
+        description="GPU jobs, engine loads and GPU-hours per rule of `snakemake -n`. Every "
+        "other option (--configfile, --profile, --config, --forceall, targets) goes to snakemake.",
+        # --config must reach snakemake, not be read as an abbreviation of an option here.
+        allow_abbrev=False,
     )
-    parser.add_argument("--configfile", nargs="+", default=[])
-    parser.add_argument("--profile")
     parser.add_argument(
         "--rates-from",
         metavar="RUN_DIR",
         help="an earlier run's folder: hours per job from its logs/benchmarks/ files",
     )
-    known, rest = parser.parse_known_args(argv)
-    args = [*(["--configfile", *known.configfile] if known.configfile else [])]
-    args += [*(["--profile", known.profile] if known.profile else []), *rest]
+    return parser.parse_known_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, cwd: str | Path = ".") -> int:
+    known, args = parse_args(argv)
+    profile = any(a == "--profile" or a.startswith("--profile=") for a in args)
+    rates = known.rates_from and Path(cwd, known.rates_from, "logs", "benchmarks")
+    if rates and not rates.is_dir():
+        print(f"{rates}: no benchmark files of an earlier run there", file=sys.stderr)
+        return 1
     try:
         output = dry_run(args, cwd)
     except RuntimeError as error:
@@ -320,10 +331,10 @@ def main(argv: Sequence[str] | None = None, cwd: str | Path = ".") -> int:
         print("the job blocks disagree with the dry-run's Job stats", file=sys.stderr)
         return 1
     experiments = sorted({j.wildcards["exp"] for j in jobs if "exp" in j.wildcards})
-    measured = measured_hours(known.rates_from, experiments) if known.rates_from else {}
+    measured = measured_hours(Path(cwd, known.rates_from), experiments) if rates else {}
     rows, other = plan_rows(jobs, measured, list(stats))
     title = " ".join(["snakemake -n", *args])
-    print(format_plan(rows, other, title=f"`{title}`", profile=bool(known.profile)))
+    print(format_plan(rows, other, title=f"`{title}`", profile=profile))
     return 0
 
 
