@@ -3,17 +3,29 @@
     python tests/paper_shaped.py WORKDIR --weights-from results/micro/models/sft
     snakemake --cores 2 --directory WORKDIR --configfile WORKDIR/paper_shaped.yaml
 
-The config keeps paper.yaml's Hugging Face ids and resources/ paths as they are: WORKDIR holds
-local stand-ins at those very paths (Hugging Face loaders take a local directory of that name
-before the hub), so the run takes the paper's loading code:
+The config keeps paper.yaml's Hugging Face ids and resources/ paths as they are, and the run
+takes the paper's loading code:
 
 - `mistralai/Mistral-7B-v0.1`: a tiny MistralForCausalLM saved as a Hugging Face directory, its
   tokenizer adding `<s>` in front of every text as Mistral's does;
-- `internlm/internlm2-20b`: the same weights behind remote code (`auto_map`, a
-  `modeling_internlm2.py` beside the weights), loadable only with `trust_remote_code`;
+- `internlm/internlm2-20b`: the same trained weights as an InternLM2 checkpoint in its released
+  layout (config keys, fused `wqkv` and InternLM2's weight names in .bin shards, a SentencePiece
+  tokenizer.model with the markers as added tokens, and remote-code files that fail if run):
+  model_base converts it to Llama (scdpo.convert);
 - `openai/gsm8k` (config `main`) and `EleutherAI/hendrycks_math` (one config per subject), laid
   out as on the hub (parquet files per config and split, configs declared in the README);
 - resources/: the SFT solutions and the APE210K, CMATH and MGSM-zh JSONL files.
+
+By default the models and datasets are directories at those very paths in WORKDIR (Hugging Face
+loaders read a local directory of that name before the hub). With `--hub DIR` they are hub
+repositories under DIR instead, for tests/fake_hub.py to serve: the run then fetches them on the
+"login node" (rule hub_fetch) and its compute jobs read the hub cache offline
+(tests/test_paper_shaped.py runs it so through SLURM):
+
+    python tests/paper_shaped.py WORKDIR --weights-from results/micro/models/sft --hub HUB
+    python tests/fake_hub.py HUB --port 8765 &
+    HF_ENDPOINT=http://127.0.0.1:8765 snakemake --cores 2 --directory WORKDIR \\
+        --configfile WORKDIR/paper_shaped.yaml
 
 The problems are the embedded default's synthetic word problems written in each dataset's own
 format (`#### N`, `\\boxed{N}`, `extra.answer`), and the weights come from a trained tiny model
@@ -29,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import yaml
@@ -107,10 +118,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def write_datasets(workdir: Path, scale: dict) -> None:
+def write_datasets(workdir: Path, scale: dict, datasets_dir: Path | None = None) -> None:
+    """The hub datasets under `datasets_dir/<id>` (default: `workdir/<id>`, read as local
+    directories), the resources/ files under `workdir`."""
     n_train, n_test = scale["train_questions"], scale["test_questions"]
+    datasets_dir = datasets_dir or workdir
     write_hub_dataset(
-        workdir / "openai" / "gsm8k",
+        datasets_dir / "openai" / "gsm8k",
         {
             "main": {
                 "train": gsm8k_rows(_problems(n_train, 11)),
@@ -119,7 +133,7 @@ def write_datasets(workdir: Path, scale: dict) -> None:
         },
     )
     write_hub_dataset(
-        workdir / "EleutherAI" / "hendrycks_math",
+        datasets_dir / "EleutherAI" / "hendrycks_math",
         {
             subject: {
                 "train": math_rows(_problems(scale["math_train_per_subject"], 21 + i), subject),
@@ -145,27 +159,6 @@ def write_datasets(workdir: Path, scale: dict) -> None:
 # --- models: the real architecture, trained tiny weights ---------------------------------------
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
-
-INTERNLM2_CONFIG = '''"""Stand-in for InternLM2's remote configuration code."""
-
-from transformers import MistralConfig
-
-
-class InternLM2Config(MistralConfig):
-    model_type = "internlm2"
-'''
-
-INTERNLM2_MODELING = '''"""Stand-in for InternLM2's remote modeling code: transformers has no
-internlm2 class, so this loads only with trust_remote_code, as the real model does."""
-
-from transformers import MistralForCausalLM
-
-from .configuration_internlm2 import InternLM2Config
-
-
-class InternLM2ForCausalLM(MistralForCausalLM):
-    config_class = InternLM2Config
-'''
 
 
 def _tokenizer_with_bos(weights_from: Path):
@@ -222,21 +215,187 @@ def write_mistral(weights_from: Path, out_dir: Path, seed: int = 0) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def write_internlm2(mistral_dir: Path, out_dir: Path) -> None:
-    """The same weights behind remote code: `auto_map` names the modeling files beside them."""
-    shutil.copytree(mistral_dir, out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
-    config |= {
-        "model_type": "internlm2",
+# InternLM2 as released: its own config keys and weight names, a SentencePiece tokenizer.model,
+# and modeling/tokenizer code that the pipeline must never run (these stubs fail when imported).
+REMOTE_CODE = (
+    "configuration_internlm2.py",
+    "modeling_internlm2.py",
+    "tokenization_internlm2.py",
+    "tokenization_internlm2_fast.py",
+)
+REMOTE_STUB = (
+    '"""Stand-in for InternLM2\'s remote code, which does not load on transformers 5: the '
+    'pipeline converts the checkpoint instead of running this."""\n\n'
+    'raise ImportError("InternLM2 remote code was run: the pipeline must convert the checkpoint")\n'
+)
+INTERNLM2_AUTO_MAP = {
+    "AutoConfig": "configuration_internlm2.InternLM2Config",
+    "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+    "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+}
+SPACE = "\u2581"
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (a printable character per byte), reversed."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return {c: b for b, c in chars.items()}
+
+
+def sentencepiece_pieces(tokenizer_json: dict) -> tuple[list[tuple[str, float, int]], list[str]]:
+    """The trained byte-level BPE vocabulary as SentencePiece pieces, in id order after <unk>,
+    <s>, </s> (so trained id i is piece i + 3): a token whose bytes are UTF-8 text is that text
+    with spaces as ▁, scored by its merge order; a lone byte that is no text, <0xXX>; the
+    special tokens (pad, markers), user-defined pieces. Returns the pieces and the specials."""
+    from spm_writer import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
+
+    decode = _byte_decoder()
+    vocab = sorted(tokenizer_json["model"]["vocab"].items(), key=lambda item: item[1])
+    specials = {t["content"] for t in tokenizer_json["added_tokens"]}
+    pieces = [("<unk>", 0.0, UNKNOWN), ("<s>", 0.0, CONTROL), ("</s>", 0.0, CONTROL)]
+    for token, index in vocab:
+        if token in specials:
+            pieces.append((token, 0.0, USER_DEFINED))
+            continue
+        raw = bytes(decode[c] for c in token)
+        try:
+            pieces.append((raw.decode("utf-8").replace(" ", SPACE), -float(index), NORMAL))
+        except UnicodeDecodeError:
+            single = len(raw) == 1
+            pieces.append(
+                (
+                    f"<0x{raw[0]:02X}>" if single else f"<unused{index}>",
+                    0.0,
+                    BYTE if single else UNUSED,
+                )
+            )
+    assert len({p for p, _, _ in pieces}) == len(pieces)
+    return pieces, sorted(specials, key=lambda t: tokenizer_json["model"]["vocab"][t])
+
+
+def _fused_wqkv(q, k, v, kv_heads: int, head_dim: int):
+    """InternLM2's wqkv: per key/value head, its query heads, its key head, its value head."""
+    import torch
+
+    hidden = q.shape[1]
+    q = q.reshape(kv_heads, -1, head_dim, hidden)
+    k, v = (t.reshape(kv_heads, 1, head_dim, hidden) for t in (k, v))
+    return torch.cat([q, k, v], dim=1).reshape(-1, hidden)
+
+
+def write_internlm2(weights_from: Path, out_dir: Path) -> None:
+    """The trained tiny Llama as an InternLM2 checkpoint in the released layout: config.json
+    (model_type internlm2, bias, rope_theta, dynamic rope_scaling, auto_map), weights under
+    InternLM2's names in two .bin shards with their index (wqkv fused by key/value head, untied
+    output), tokenizer.model with the markers as special added tokens. Token i of the trained
+    tokenizer is id i + 3; the new <unk>, <s>, </s> rows start as the mean of the others."""
+    import torch
+    from spm_writer import model_proto
+    from transformers import AutoModelForCausalLM
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    llama = AutoModelForCausalLM.from_pretrained(weights_from, dtype=torch.float32)
+    source, state = llama.config, llama.state_dict()
+    tokenizer_json = json.loads((weights_from / "tokenizer.json").read_text())
+    pieces, specials = sentencepiece_pieces(tokenizer_json)
+    heads, kv_heads = source.num_attention_heads, source.num_key_value_heads
+    head_dim = source.hidden_size // heads
+    embed = state["model.embed_tokens.weight"]
+    embed = torch.cat([embed.mean(0, keepdim=True).expand(3, -1), embed])
+    weights = {
+        "model.tok_embeddings.weight": embed,
+        "model.norm.weight": state["model.norm.weight"],
+        "output.weight": embed.clone(),
+    }
+    for i in range(source.num_hidden_layers):
+        old, new = f"model.layers.{i}", f"model.layers.{i}"
+        attention = [state[f"{old}.self_attn.{p}_proj.weight"] for p in "qkv"]
+        weights[f"{new}.attention.wqkv.weight"] = _fused_wqkv(*attention, kv_heads, head_dim)
+        weights[f"{new}.attention.wo.weight"] = state[f"{old}.self_attn.o_proj.weight"]
+        for ours, theirs in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+            weights[f"{new}.feed_forward.{ours}.weight"] = state[f"{old}.mlp.{theirs}.weight"]
+        weights[f"{new}.attention_norm.weight"] = state[f"{old}.input_layernorm.weight"]
+        weights[f"{new}.ffn_norm.weight"] = state[f"{old}.post_attention_layernorm.weight"]
+    names = sorted(weights)
+    weight_map = {}
+    for shard, part in enumerate((names[::2], names[1::2]), start=1):
+        file = f"pytorch_model-{shard:05d}-of-00002.bin"
+        torch.save({n: weights[n].to(torch.bfloat16).contiguous() for n in part}, out_dir / file)
+        weight_map |= {n: file for n in part}
+    index = {"metadata": {}, "weight_map": weight_map}
+    (out_dir / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    config = {
         "architectures": ["InternLM2ForCausalLM"],
-        "auto_map": {
-            "AutoConfig": "configuration_internlm2.InternLM2Config",
-            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
-        },
+        "attn_implementation": "eager",
+        "auto_map": INTERNLM2_AUTO_MAP,
+        "bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": source.hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": source.intermediate_size,
+        "max_position_embeddings": source.max_position_embeddings,
+        "model_type": "internlm2",
+        "num_attention_heads": heads,
+        "num_hidden_layers": source.num_hidden_layers,
+        "num_key_value_heads": kv_heads,
+        "pad_token_id": 2,
+        "rms_norm_eps": source.rms_norm_eps,
+        "rope_scaling": {"type": "dynamic", "factor": 2.0},
+        "rope_theta": source.rope_parameters["rope_theta"],
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.41.0",
+        "use_cache": True,
+        "vocab_size": len(pieces),
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    (out_dir / "configuration_internlm2.py").write_text(INTERNLM2_CONFIG)
-    (out_dir / "modeling_internlm2.py").write_text(INTERNLM2_MODELING)
+    # No dummy prefix: the trained tokenizer put no space before a text either.
+    (out_dir / "tokenizer.model").write_bytes(model_proto(pieces, add_dummy_prefix=False))
+    ids = {p: i for i, (p, _, _) in enumerate(pieces)}
+    added = {
+        str(ids[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                      "single_word": False, "special": True}
+        for t in ("<unk>", "<s>", "</s>", *specials)
+    }  # fmt: skip
+    tokenizer_config = {
+        "auto_map": {
+            "AutoTokenizer": [
+                "tokenization_internlm2.InternLM2Tokenizer",
+                "tokenization_internlm2_fast.InternLM2TokenizerFast",
+            ]
+        },
+        "tokenizer_class": "InternLM2Tokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "</s>",
+        "unk_token": "<unk>",
+        "clean_up_tokenization_spaces": False,
+        "decode_with_prefix_space": False,
+        "added_tokens_decoder": added,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    specials_map = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(specials_map, indent=2))
+    (out_dir / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2})
+    )
+    for name in REMOTE_CODE:
+        (out_dir / name).write_text(REMOTE_STUB)
 
 
 # --- the config: paper.yaml, scale changed -------------------------------------------------------
@@ -282,9 +441,8 @@ def _merged(base: dict, changes: dict) -> dict:
 
 
 # On one GPU (benchmarks/gpu_check.sh): paper.yaml's vLLM engine on one GPU and one training
-# process. Only Mistral-7B-Ours: vLLM has its own InternLM2 class, which the stand-in's Mistral
-# weight names do not fit.
-GPU_EXPERIMENTS = ("mistral_7b_ours",)
+# process, both families: InternLM2 reaches vLLM converted to Llama, as on the cluster.
+GPU_EXPERIMENTS = KEPT_EXPERIMENTS
 GPU_TRAINING = {"launcher": "python"}
 GPU_ENGINE = {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.4}
 
@@ -299,7 +457,7 @@ def _gpu_scale(experiment: dict) -> dict:
 
 def paper_shaped_config(paper: dict, gpu: bool = False) -> dict:
     """paper.yaml (anchors resolved) at the scale of PAPER_SCALE, two experiments kept (on a GPU:
-    vLLM and one training process, one experiment)."""
+    vLLM and one training process)."""
     kept = GPU_EXPERIMENTS if gpu else KEPT_EXPERIMENTS
     experiments = {}
     for name in kept:
@@ -322,14 +480,18 @@ def write_zero3_on_cpu(workdir: Path) -> None:
     path.write_text(f"# {shipped.relative_to(REPO)} with {ZERO3_ON_CPU}\n" + yaml.safe_dump(config))
 
 
-def build(workdir: Path, weights_from: Path, gpu: bool = False) -> Path:
-    """The workspace in `workdir`; returns its config file."""
+def build(workdir: Path, weights_from: Path, gpu: bool = False, hub: Path | None = None) -> Path:
+    """The workspace in `workdir`; returns its config file. With `hub`, the models and datasets
+    are repositories under `hub/models/<id>` and `hub/datasets/<id>` for a hub to serve
+    (tests/fake_hub.py): the run then fetches them (rule hub_fetch) and its compute jobs read
+    the hub cache offline. Without, they are local directories named like the ids."""
     workdir.mkdir(parents=True, exist_ok=True)
     write_zero3_on_cpu(workdir)
-    write_datasets(workdir, WORKSPACE)
-    mistral = workdir / "mistralai" / "Mistral-7B-v0.1"
+    models = hub / "models" if hub else workdir
+    write_datasets(workdir, WORKSPACE, hub / "datasets" if hub else None)
+    mistral = models / "mistralai" / "Mistral-7B-v0.1"
     write_mistral(weights_from, mistral)
-    write_internlm2(mistral, workdir / "internlm" / "internlm2-20b")
+    write_internlm2(weights_from, models / "internlm" / "internlm2-20b")
     config = paper_shaped_config(yaml.safe_load(PAPER.read_text()), gpu)
     path = workdir / "paper_shaped.yaml"
     header = f"# Generated by tests/paper_shaped.py from {PAPER.relative_to(REPO)}: scale only.\n"
@@ -342,8 +504,11 @@ def main() -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--weights-from", type=Path, required=True, help="a trained tiny Llama")
     parser.add_argument("--gpu", action="store_true", help="vLLM and one-GPU training")
+    parser.add_argument(
+        "--hub", type=Path, help="write the models and datasets here, for tests/fake_hub.py"
+    )
     args = parser.parse_args()
-    print(build(args.workdir, args.weights_from, args.gpu))
+    print(build(args.workdir, args.weights_from, args.gpu, args.hub))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -181,12 +182,37 @@ def copy_workflow(wf: WorkflowUnderTest, workdir: Path) -> None:
     shutil.copytree(wf.source, workdir, ignore=wf.ignored)
 
 
+def job_env_sbatch(directory: Path, job_env: dict[str, str | None], cluster: ClusterInfo) -> Path:
+    """A folder whose `sbatch` sets `job_env` (a value of None: unset) and then runs the cluster's
+    sbatch: first on Snakemake's PATH, it gives every compute job an environment that Snakemake
+    and its local rules, on the 'login node', do not have (e.g. no route to the hub). sbatch
+    exports its own environment to the job (--export=ALL)."""
+    real = shutil.which("sbatch", path=cluster.env["PATH"])
+    assert real, "no sbatch on the cluster's PATH"
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["#!/bin/sh", "# The compute jobs' environment (tests/slurm_run.py: job_env_sbatch)."]
+    for key, value in job_env.items():
+        lines.append(f"unset {key}" if value is None else f"export {key}={shlex.quote(value)}")
+    wrapper = directory / "sbatch"
+    wrapper.write_text("\n".join([*lines, f'exec "{real}" "$@"', ""]))
+    wrapper.chmod(0o755)
+    return directory
+
+
 def run_through_slurm(
-    wf: WorkflowUnderTest, cluster: ClusterInfo, workdir: Path, extra_env: dict | None = None
+    wf: WorkflowUnderTest,
+    cluster: ClusterInfo,
+    workdir: Path,
+    extra_env: dict | None = None,
+    job_env: dict[str, str | None] | None = None,
 ) -> SlurmRun:
     """Snakemake with the SLURM profile in `workdir` (a copy of the workflow, see copy_workflow);
-    `extra_env` reaches the jobs too (sbatch exports the environment)."""
+    `extra_env` reaches the jobs too (sbatch exports the environment), `job_env` only the jobs
+    (set, or unset where None; job_env_sbatch)."""
     env = snakemake_env(cluster) | (extra_env or {})
+    if job_env:
+        wrappers = job_env_sbatch(workdir.parent / "job-env-bin", job_env, cluster)
+        env["PATH"] = f"{wrappers}{os.pathsep}{env['PATH']}"
     args = [
         "--profile",
         str(SLURM_PROFILE),

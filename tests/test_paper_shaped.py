@@ -1,11 +1,15 @@
 """config/paper.yaml at CPU scale, run end to end through the SLURM profile, as the paper path
 runs (tests/paper_shaped.py builds the workspace; tests/slurm_run.py runs and checks SLURM).
 
-The run takes the code paths that only the paper config takes: base models and datasets loaded
-by Hugging Face id (local directories of that name), MATH's seven subject configurations, a
-remote-code model, APE210K questions from a local file, per-source step-controlled pair limits,
-SFT and DPO under `accelerate launch` with DeepSpeed ZeRO-3 on two CPU processes, and every
-compute stage as a SLURM job with the profile's resources (the quick data rules are local).
+The run takes the code paths that only the paper config takes: base models and datasets by
+Hugging Face id, served by a stand-in hub (tests/fake_hub.py; Mistral-7B-v0.1 gated behind a
+token) that only the login node reaches: the local rule hub_fetch fetches them with the user's
+token into the hub cache, and every compute job runs with the hub offline, an unreachable
+endpoint and no token, reading that cache. Also: MATH's seven subject configurations, InternLM2
+in its released layout (converted to Llama by model_base, its remote code never run), APE210K
+questions from a local file, per-source step-controlled pair limits, SFT and DPO under
+`accelerate launch` with DeepSpeed ZeRO-3 on two CPU processes, and every compute stage as a
+SLURM job with the profile's resources (the quick data rules are local).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from fake_hub import FakeHub
 from paper_shaped import (
     KEPT_EXPERIMENTS,
     PAPER,
@@ -33,13 +38,23 @@ from slurm_run import (
     WorkflowUnderTest,
     assert_ran_through_slurm,
     copy_workflow,
+    local_rules,
     run_through_slurm,
     submitted_rules,
 )
 
 from scdpo.names import PAPER_VARIANTS, model_label
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # the hub is never asked
+TOKEN = "hf_login_node_token"
+GATED = "mistralai/Mistral-7B-v0.1"
+# What a compute node without internet sees: the hub offline, its endpoint unreachable (nothing
+# listens on the discard port), and no token.
+COMPUTE_NODE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_ENDPOINT": "http://127.0.0.1:9",
+    "HF_TOKEN": None,
+}
 TRAINED = ("sft", *PAPER_VARIANTS)  # paper.yaml trains the paper's three variants
 # Every rule that loads a model: each of its jobs goes to SLURM (the data rules may be local).
 COMPUTE_RULES = {
@@ -90,11 +105,18 @@ def paper_shaped_slurm(
     slurm_cluster: ClusterInfo,  # noqa: F811
     tmp_path_factory,
 ) -> SlurmRun:
-    """The workflow copied, the paper-shaped workspace built into the copy, run via SLURM."""
-    workdir = tmp_path_factory.mktemp("paper_shaped") / "workflow"
+    """The workflow copied, the paper-shaped workspace built into the copy (its models and
+    datasets into a stand-in hub), run via SLURM; the hub's requests in `run.hub_requests`."""
+    root = tmp_path_factory.mktemp("paper_shaped")
+    workdir, repos = root / "workflow", root / "hub"
     copy_workflow(PAPER_SHAPED, workdir)
-    build(workdir, micro_sft)
-    return run_through_slurm(PAPER_SHAPED, slurm_cluster, workdir, OFFLINE)
+    build(workdir, micro_sft, hub=repos)
+    with FakeHub(repos, gated=(GATED,), token=TOKEN) as fake:
+        login = {"HF_ENDPOINT": fake.url, "HF_TOKEN": TOKEN}
+        login["SCDPO_HUB_CACHE"] = str(workdir / "resources" / "hub")
+        run = run_through_slurm(PAPER_SHAPED, slurm_cluster, workdir, login, COMPUTE_NODE)
+    run.hub_requests = list(fake.requests)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +194,51 @@ def test_step_controlled_pairs_keep_each_sources_limit(paper_shaped_run):
 
 
 @pytest.mark.slow
-def test_remote_code_model_keeps_its_code_and_loads_only_when_trusted(paper_shaped_run):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def test_the_login_node_fetched_what_the_compute_jobs_read_offline(paper_shaped_slurm):
+    run, workdir = paper_shaped_slurm, paper_shaped_slurm.workdir
+    assert run.returncode == 0, run.output[-8000:]
+    assert "hub_fetch" in local_rules(run.output) and "hub_fetch" not in submitted_rules(run.output)
+    cache = workdir / "resources" / "hub" / "hub"
+    for name in KEPT_EXPERIMENTS:
+        fetched = json.loads((workdir / "results" / name / "hub" / "fetched.json").read_text())
+        ids = {(f["kind"], f["id"]) for f in fetched["fetched"]}
+        assert {("dataset", "openai/gsm8k"), ("dataset", "EleutherAI/hendrycks_math")} <= ids
+        assert all(Path(f["snapshot"]).is_relative_to(cache) for f in fetched["fetched"])
+        log = (workdir / "logs" / "model_base" / f"{name}.log").read_text()
+        # model_base ran as a compute job: the hub offline, unreachable, read from the cache
+        assert "hub offline (HF_ENDPOINT=http://127.0.0.1:9)" in log, log
+        assert f"from {cache}/models--" in log, log
+    assert not (workdir / "openai").exists() and not (workdir / "mistralai").exists()
+    gated = [authorised for _, path, authorised in run.hub_requests if GATED in path]
+    assert gated and all(gated)  # the user's token, on the login node
+    served = {path.split("/resolve/")[0] for _, path, _ in run.hub_requests if "/resolve/" in path}
+    assert served == {
+        "/mistralai/Mistral-7B-v0.1",
+        "/internlm/internlm2-20b",
+        "/datasets/openai/gsm8k",
+        "/datasets/EleutherAI/hendrycks_math",
+    }
 
-    for model in TRAINED:
+
+@pytest.mark.slow
+def test_internlm2_runs_converted_to_llama_with_native_code(paper_shaped_run, micro_sft):
+    from transformers import AutoTokenizer
+
+    log = (paper_shaped_run / "logs" / "model_base" / "internlm2_20b.log").read_text()
+    assert "InternLM2 converted to LlamaForCausalLM" in log, log
+    for model in ("base", *TRAINED):
         path = paper_shaped_run / "results" / "internlm2_20b" / "models" / model
-        assert (path / "modeling_internlm2.py").is_file(), model
-        with pytest.raises(ValueError, match="trust_remote_code"):
-            AutoConfig.from_pretrained(path, trust_remote_code=False)
-    loaded = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
-    assert type(loaded).__name__ == "InternLM2ForCausalLM"
+        config = json.loads((path / "config.json").read_text())
+        assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
+        assert not list(path.glob("*.py")), model  # the stand-in's remote code fails if run
+    # The converted tokenizer gives the trained tokenizer's ids (stand-in: trained id i + 3).
+    converted = AutoTokenizer.from_pretrained(path)
+    trained = AutoTokenizer.from_pretrained(micro_sft)
+    problems = paper_shaped_run / "results" / "internlm2_20b" / "problems" / "sft.jsonl"
+    for line in problems.read_text().splitlines()[:20]:
+        text = json.loads(line)["question"]
+        ids = converted(text, add_special_tokens=False).input_ids
+        assert ids == [i + 3 for i in trained(text, add_special_tokens=False).input_ids], text
 
 
 @pytest.mark.slow

@@ -1,10 +1,11 @@
 """InternLM2 checkpoints in the Llama layout, so that every stage runs them with native code.
 
 InternLM2 (internlm/internlm2-20b) ships its modeling and tokenizer code as remote code written
-for transformers 4: on the pinned transformers 5 it does not load (the modeling file imports
-`transformers.modeling_attn_mask_utils` and calls `DynamicCache.from_legacy_cache` /
-`get_usable_length`, all removed; it needs `einops`, the tokenizer `sentencepiece`, neither in
-the envs; the fast tokenizer's converter calls the old `SentencePieceExtractor.extract`). Its
+for transformers 4: on the pinned transformers 5 it does not load (the newer modeling file
+imports `transformers.modeling_attn_mask_utils`, and the code calls
+`DynamicCache.from_legacy_cache` / `get_usable_length`, all removed; it needs `einops`, the
+tokenizer `sentencepiece`, neither in the envs; the fast tokenizer's converter calls the old
+`SentencePieceExtractor.extract`). Its
 architecture is Llama's with fused and renamed weights, so `model_base` converts it, as
 InternLM's own tools/convert2llama.py does:
 
