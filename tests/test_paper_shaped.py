@@ -63,6 +63,7 @@ COMPUTE_RULES = {
     "solutions_sample",
     "negatives_step_controlled",
     "dpo_train",
+    "reference_logps",
     "eval_predict",
     "pilot_predict",
     "credit_assign",
