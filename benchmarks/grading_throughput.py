@@ -27,9 +27,9 @@ from scdpo.grading import (
     predicted_answer,
     reference_answer,
 )
+from scdpo.grading._pool import close_pools, pool
 from scdpo.grading.compare import NeedsSymbolic, decide, fast_only
 from scdpo.grading.normalize import _normalize_cached, numeric_value
-from scdpo.grading._pool import close_pools, pool
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared/data/benchmarks"
 DATASETS = ("gsm8k_test", "math500_test", "cmath_test", "mgsm_zh_test", "ape500_test")
