@@ -162,7 +162,8 @@ def test_the_command_runs_the_dry_run_with_the_profile_and_prints_the_headline_l
     assert "runtime limit" in rows["dpo_train"] and "| 4        |" in rows["dpo_train"]
     assert "| 1        |" in rows["credit_assign"]
     loads = sum(int(rows[rule].split("|")[4]) for rule in GENERATION_RULES)
-    trainings = int(rows["dpo_train"].split("|")[2])
+    trainings = int(rows["dpo_train"].split("|")[2]) + int(rows["reference_logps"].split("|")[2])
+    assert "| 4        |" in rows["reference_logps"]  # under the DPO launcher, its GPUs
     assert lines[-1].startswith(f"Plan: {trainings + 2} GPU jobs of ")
     assert f", {loads} engine loads, " in lines[-1]
     bounded = sum(
@@ -173,9 +174,8 @@ def test_the_command_runs_the_dry_run_with_the_profile_and_prints_the_headline_l
     assert lines[-1].endswith(
         f" GPU-hours (1.0 measured + at most {bounded:,.1f} from runtime limits)"
     )
-    # profiles/slurm gives reference_logps no GPUs (no set-resources entry): said, not hidden.
-    assert "| 0        |" in rows["reference_logps"]
-    assert lines[-2].startswith("Note: reference_logps plan no GPUs")
+    # Every training rule has its GPUs from profiles/slurm: no note of one without.
+    assert not any(line.startswith("Note:") for line in lines)
 
 
 def test_the_module_imports_only_the_standard_library_at_import():
