@@ -59,6 +59,10 @@ def test_engine_loads_are_the_jobs_of_the_generation_rules(micro_plan):
     trainings = {"sft_train", "reference_logps", "dpo_train"}
     assert {row.rule for row in rows} == {*GENERATION_RULES, *trainings}
     assert other.jobs == len(jobs) - sum(row.jobs for row in rows)
+    # Without a profile no training asks for GPUs, and the plan says so before its headline.
+    note = format_plan(rows, other).splitlines()[-2]
+    assert note.startswith("Note: sft_train, reference_logps, dpo_train plan no GPUs"), note
+    assert note.endswith("add --profile profiles/slurm.")
     # The rules take the list from the package, and each name is a rule.
     rules = "".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
     assert "from scdpo.results.plan import GENERATION_RULES" in rules

@@ -274,7 +274,7 @@ def format_plan(
         how = " (runtime limits)" if bounded else " (measured)" if measured else ""
     out.append(
         f"Plan: {gpu_jobs} GPU jobs of {jobs}, {loads} engine loads, "
-        f"{'at most ' * (bounded and not measured)}{measured + bounded:,.1f} GPU-hours{how}"
+        f"{'at most ' if bounded and not measured else ''}{measured + bounded:,.1f} GPU-hours{how}"
     )
     return "\n".join(out)
 
