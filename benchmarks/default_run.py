@@ -88,9 +88,25 @@ def provenance(config: Path) -> dict[str, str]:
         "commit": git("rev-parse", "--short", "HEAD") + dirty,
         "config": f"{config.relative_to(REPO)}, sha256 "
         + hashlib.sha256(config.read_bytes()).hexdigest()[:12],
-        "machine": f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        "machine": f"{os.cpu_count()} CPUs ({cpu_model()}; torch reports "
+        f"{torch_capability()}, the jobs ran the pinned AVX2 path of scdpo.cpu), "
         f"Python {platform.python_version()}",
     }
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def torch_capability() -> str:
+    """What torch reports for this CPU when not pinned (the pin is set for the jobs only)."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
 
 
 def intervals(workdir: Path) -> list[str]:
