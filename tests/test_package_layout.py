@@ -28,6 +28,7 @@ FLOORS = {
         "code_version",
         "hub",
         "loading",
+        "protobuf",
         "spm",
         "tokens",
         "jsonl",

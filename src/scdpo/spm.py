@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scdpo.protobuf import fields
+
 # SentencePiece piece types (sentencepiece_model.proto).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 BPE = 2  # TrainerSpec.model_type
@@ -46,38 +48,7 @@ class SpModel:
     precompiled_charsmap: bytes = b""
 
 
-# --- protobuf wire format -------------------------------------------------------------------
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
-def _fields(data: bytes):
-    """(field number, wire type, value) of a message: ints for varints, bytes for the rest."""
-    at = 0
-    while at < len(data):
-        key, at = _varint(data, at)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, at = _varint(data, at)
-        elif wire == 1:
-            value, at = data[at : at + 8], at + 8
-        elif wire == 2:
-            size, at = _varint(data, at)
-            value, at = data[at : at + size], at + size
-        elif wire == 5:
-            value, at = data[at : at + 4], at + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire} (field {number})")
-        yield number, wire, value
+# --- the model file (protobuf wire format: scdpo.protobuf) ---------------------------------
 
 
 def _int32(value: int) -> int:
@@ -89,10 +60,10 @@ def read_model(data: bytes) -> SpModel:
     """The parts of a SentencePiece ModelProto a BPE tokenizer needs (field numbers as in
     sentencepiece_model.proto: pieces 1, trainer_spec 2, normalizer_spec 3)."""
     model = SpModel()
-    for number, _, value in _fields(data):
+    for number, _, value in fields(data):
         if number == 1:
             piece = Piece("")
-            for n, _, v in _fields(value):
+            for n, _, v in fields(value):
                 if n == 1:
                     piece.piece = v.decode("utf-8")
                 elif n == 2:
@@ -101,7 +72,7 @@ def read_model(data: bytes) -> SpModel:
                     piece.type = v
             model.pieces.append(piece)
         elif number == 2:
-            trainer = {n: v for n, _, v in _fields(value)}
+            trainer = {n: v for n, _, v in fields(value)}
             model.model_type = trainer.get(3, model.model_type)
             model.byte_fallback = bool(trainer.get(35, 0))
             model.unk_id = _int32(trainer.get(40, 0))
@@ -109,7 +80,7 @@ def read_model(data: bytes) -> SpModel:
             model.eos_id = _int32(trainer.get(42, 2))
             model.pad_id = _int32(trainer.get(43, -1 & 0xFFFFFFFFFFFFFFFF))
         elif number == 3:
-            normalizer = {n: v for n, _, v in _fields(value)}
+            normalizer = {n: v for n, _, v in fields(value)}
             model.precompiled_charsmap = normalizer.get(2, b"")
             model.add_dummy_prefix = bool(normalizer.get(3, 1))
             model.remove_extra_whitespaces = bool(normalizer.get(4, 1))

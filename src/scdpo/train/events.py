@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from scdpo.protobuf import fields
+
 FILE_VERSION = "brain.Event:2"
 _MASK_DELTA = 0xA282EAD8
 
@@ -131,41 +133,10 @@ class EventWriter:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int, object]]:
-    """(field, wire type, value) of a serialised message; length-delimited values as bytes."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-        elif wire == 1:
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _read_varint(data, pos)
-            value, pos = data[pos : pos + size], pos + size
-        elif wire == 5:
-            value, pos = data[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield field, wire, value
-
-
 def decode_event(data: bytes) -> dict:
     """wall_time, step, file_version and the scalars (simple values) of one serialised Event."""
     event = {"wall_time": 0.0, "step": 0, "file_version": "", "scalars": {}}
-    for field, wire, value in _fields(data):
+    for field, wire, value in fields(data):
         if field == 1 and wire == 1:
             event["wall_time"] = struct.unpack("<d", value)[0]
         elif field == 2 and wire == 0:
@@ -173,9 +144,9 @@ def decode_event(data: bytes) -> dict:
         elif field == 3 and wire == 2:
             event["file_version"] = value.decode()
         elif field == 5 and wire == 2:
-            for _, _, summary_value in _fields(value):
+            for _, _, summary_value in fields(value):
                 tag, simple = None, None
-                for f, w, v in _fields(summary_value):
+                for f, w, v in fields(summary_value):
                     if f == 1 and w == 2:
                         tag = v.decode()
                     elif f == 2 and w == 5:
