@@ -99,3 +99,75 @@ def test_shipped_configs_get_every_default(path):
         for source in [spec["data"]["sft"], *sources]:
             assert "answer_format" in source or source["source"] == "synthetic"
             assert "max_ops" in source or source["source"] != "synthetic"
+
+
+def _schema_defaults(node, found=None) -> dict[str, list]:
+    """Every property name of the schema with a default -> its defaults (a name may recur)."""
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        for key, spec in node.get("properties", {}).items():
+            if isinstance(spec, dict) and "default" in spec:
+                found.setdefault(key, []).append(spec["default"])
+        for value in node.values():
+            _schema_defaults(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _schema_defaults(item, found)
+    return found
+
+
+def _fallbacks(root: Path):
+    """(file:line, key, value) of every `<x>.get("key", <literal>)` in the package and rules."""
+    import ast
+    import re
+
+    for path in sorted((root / "src").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        constants = {}  # module-level NAME = <literal>, the value a fallback may name
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                try:
+                    constants[getattr(node.targets[0], "id", None)] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and len(node.args) == 2
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                fallback = node.args[1]
+                if isinstance(fallback, ast.Name) and fallback.id in constants:
+                    value = constants[fallback.id]
+                else:
+                    try:
+                        value = ast.literal_eval(fallback)
+                    except ValueError:
+                        continue
+                yield f"{path.relative_to(root)}:{node.lineno}", node.args[0].value, value
+    # Rule files are not Python: the calls found by their text.
+    call = re.compile(r"\.get\(\s*\"(\w+)\",\s*([^()]+?)\)")
+    for path in sorted([root / "Snakefile", *(root / "rules").glob("*.smk")]):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            for key, literal in call.findall(line):
+                try:
+                    yield f"{path.relative_to(root)}:{number}", key, ast.literal_eval(literal)
+                except (ValueError, SyntaxError):
+                    continue
+
+
+def test_code_keeps_no_fallback_that_differs_from_the_schemas_default():
+    """A default lives in config/schema.yaml; a `.get(key, value)` in code may only repeat it
+    (for callers that pass a partial block), never differ from it."""
+    root = Path(__file__).resolve().parents[1]
+    defaults = _schema_defaults(SCHEMA)
+    checked, wrong = 0, []
+    for where, key, value in _fallbacks(root):
+        if key in defaults:
+            checked += 1
+            if value not in defaults[key]:
+                wrong.append(f"{where}: .get({key!r}, {value!r}), schema default {defaults[key]}")
+    assert checked >= 10  # the scan finds the training CLI's fallbacks, at least
+    assert not wrong, "\n".join(wrong)
