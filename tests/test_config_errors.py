@@ -221,3 +221,22 @@ def test_shipped_configs_pass_the_schema(path):
     except ConfigError as error:  # the paper config's resources/ are not in the checkout
         assert str(error).split("\n", 1)[0].endswith("nothing has run:")
         assert "local path(s)" in str(error), error
+
+
+def test_names_that_must_be_other_keys_are_checked_with_their_key_path():
+    def edit(c, t):
+        t["benchmarks"] = [*t["benchmarks"], "gsm8k_tset"]
+        t["sft"]["seeds"] = [1, 2]
+        c.setdefault("report", {})["pilot"] = {"experiments": ["tinny"], "benchmarks": ["x"]}
+
+    text = error_of(edit)
+    position = len(DEFAULT["experiments"]["tiny"]["benchmarks"])
+    assert (
+        f"experiments.tiny.benchmarks[{position}]: 'gsm8k_tset' is not a key of the top-level "
+        "'benchmarks'" in text
+    )
+    assert "experiments.tiny.sft.seeds: seeds repeat DPO trainings only (dpo.seeds)" in text
+    assert (
+        "report.pilot.experiments[0]: 'tinny' is not a key of the top-level 'experiments'" in text
+    )
+    assert "report.pilot.benchmarks[0]: 'x' is not a key of the top-level 'benchmarks'" in text

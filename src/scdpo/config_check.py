@@ -266,9 +266,37 @@ def check_config(
         else:
             tail += f" jsonschema's full errors, with the schema: {DEBUG_ENV}=1 snakemake ..."
         raise ConfigError("\n".join([head, *lines, tail]))
+    wrong = cross_reference_errors(config)
+    if wrong:
+        lines = [f"  {sources.at(path)}: {text}" for path, text in wrong]
+        head = f"invalid config ({sources.names()}); nothing has run:"
+        raise ConfigError("\n".join([head, *lines]))
     missing = [(key, path) for key, path, kind in local_paths(config) if not _exists(path, kind)]
     if missing:
         raise ConfigError(_missing_message(missing, sources))
+
+
+def cross_reference_errors(config: dict) -> list[tuple[tuple, str]]:
+    """(key path, problem) of every name that must be another key of a valid config: the
+    experiments' benchmarks, the pilot's experiments and benchmarks; and seeds of an SFT recipe
+    (only DPO trainings repeat per seed)."""
+    benchmarks, experiments = config["benchmarks"], config["experiments"]
+    wrong = []
+    for name, spec in experiments.items():
+        for i, benchmark in enumerate(spec["benchmarks"]):
+            if benchmark not in benchmarks:
+                text = f"'{benchmark}' is not a key of the top-level 'benchmarks'"
+                wrong.append((("experiments", name, "benchmarks", i), text))
+        if "seeds" in spec["sft"]:
+            text = "seeds repeat DPO trainings only (dpo.seeds)"
+            wrong.append((("experiments", name, "sft", "seeds"), text))
+    pilot = config.get("report", {}).get("pilot", {})
+    for key, names in (("experiments", experiments), ("benchmarks", benchmarks)):
+        for i, name in enumerate(pilot.get(key, [])):
+            if name not in names:
+                text = f"'{name}' is not a key of the top-level '{key}'"
+                wrong.append((("report", "pilot", key, i), text))
+    return wrong
 
 
 # --- local paths ----------------------------------------------------------------------------------
