@@ -290,3 +290,32 @@ def test_ctrl_c_is_a_stop_signal_not_a_keyboard_interrupt():
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert flag.signum == signal.SIGINT
+
+
+FULL_RECIPE = {
+    **RECIPE,
+    "batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "max_length": 64,
+    "lr_scheduler": "cosine",
+    "warmup_ratio": 0.1,
+}
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_trainer_args_reach_trls_config_and_bad_names_are_refused(stage, tmp_path):
+    tokenizer = SimpleNamespace(eos_token="</s>")
+    recipe = {**FULL_RECIPE, "beta": 0.1}
+    extra = {"weight_decay": 0.01, "max_grad_norm": 0.5, "adam_beta2": 0.95}
+    config = cli.build_config(stage, {**recipe, "trainer_args": extra}, tmp_path, tokenizer, False)
+    assert (config.weight_decay, config.max_grad_norm, config.adam_beta2) == (0.01, 0.5, 0.95)
+    plain = cli.build_config(stage, recipe, tmp_path, tokenizer, False)
+    assert (plain.weight_decay, plain.max_grad_norm) == (0.0, 1.0)  # TRL's defaults otherwise
+    with pytest.raises(SystemExit, match=r"\['weight_decy'\] is not an argument of trl\."):
+        cli.build_config(
+            stage, {**recipe, "trainer_args": {"weight_decy": 0.1}}, tmp_path, tokenizer, 0
+        )
+    # A key the recipe sets itself (learning_rate is `learning_rate`, seed is `seed`) is refused.
+    with pytest.raises(SystemExit, match=r"\['learning_rate', 'seed'\] already set"):
+        taken = {"learning_rate": 1.0, "seed": 3}
+        cli.build_config(stage, {**recipe, "trainer_args": taken}, tmp_path, tokenizer, 0)

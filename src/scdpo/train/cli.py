@@ -126,19 +126,44 @@ def build_config(stage: str, recipe: dict, out_dir: Path, tokenizer, has_eval: b
     if stage == "sft" and precomputed(recipe):
         raise SystemExit("reference is a DPO recipe key: set it in the dpo block")
     if stage == "sft":
-        from trl import SFTConfig
+        from trl import SFTConfig as config_class
 
         args.update(packing.sft_args(recipe))
-        return SFTConfig(**args, completion_only_loss=True, eos_token=tokenizer.eos_token)
-    from trl import DPOConfig
+        args.update(completion_only_loss=True, eos_token=tokenizer.eos_token)
+    else:
+        from trl import DPOConfig as config_class
 
-    return DPOConfig(
-        **args,
-        beta=recipe["beta"],
-        eval_strategy="epoch" if has_eval else "no",
-        # The reference-logps stage computes them; a precomputed training reads them.
-        precompute_ref_log_probs=stage == "reference-logps" or precomputed(recipe),
-    )
+        args.update(
+            beta=recipe["beta"],
+            eval_strategy="epoch" if has_eval else "no",
+            # The reference-logps stage computes them; a precomputed training reads them.
+            precompute_ref_log_probs=stage == "reference-logps" or precomputed(recipe),
+        )
+    return config_class(**args, **passed_through(recipe, config_class, args))
+
+
+def passed_through(recipe: dict, config_class: type, set_here: dict) -> dict:
+    """The recipe's `trainer_args`: arguments of the TRL config class that no recipe key sets."""
+    import dataclasses
+
+    import trl
+
+    extra = recipe.get("trainer_args") or {}
+    names = {f.name for f in dataclasses.fields(config_class) if f.init}
+    unknown = sorted(set(extra) - names)
+    if unknown:
+        raise SystemExit(
+            f"trainer_args: {unknown} {'is' if len(unknown) == 1 else 'are'} not "
+            f"{'an argument' if len(unknown) == 1 else 'arguments'} of trl.{config_class.__name__} "
+            f"(TRL {trl.__version__}; its arguments: help(trl.{config_class.__name__}))"
+        )
+    taken = sorted(set(extra) & set(set_here))
+    if taken:
+        raise SystemExit(
+            f"trainer_args: {taken} already set from the recipe's own keys "
+            "(config/schema.yaml, $defs.recipe): set them there"
+        )
+    return extra
 
 
 def build_trainer(stage: str, config, recipe: dict, model_dir: str, data: dict, tokenizer):

@@ -42,6 +42,7 @@ RECIPE_KEYS = (
     "attn_implementation",
     "bf16",
     "trust_remote_code",
+    "trainer_args",  # some change the tokenised pairs (e.g. max_prompt_length): kept, to be safe
 )
 
 
