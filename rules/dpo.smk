@@ -30,10 +30,10 @@ rule dpo_train:
     shell:
         "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py dpo"
         " --model {input.model} --data {input.train}"
-        " --eval-data {input.eval} --out {output} --recipe '{params.recipe}'"
+        " --eval-data {input.eval} --out {output} --recipe {params.recipe:q}"
         " --reference-logps '{input.reference}'"
         " --threads {threads} --checkpoint-dir results/{wildcards.exp}/checkpoints/{wildcards.trained}"
-        " --launcher '{params.launcher}' > {log} 2>&1"
+        " --launcher {params.launcher:q} > {log} 2>&1"
         " || {{ code=$?; cp {log} {log}.failed-$(date +%Y%m%dT%H%M%S); exit $code; }}"
 
 
@@ -66,4 +66,4 @@ rule reference_logps:
     shell:
         "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py reference-logps"
         " --model {input.model} --data {input.train} --eval-data {input.eval} --out {output}"
-        " --recipe '{params.recipe}' --threads {threads} --launcher '{params.launcher}' > {log} 2>&1"
+        " --recipe {params.recipe:q} --threads {threads} --launcher {params.launcher:q} > {log} 2>&1"

@@ -70,6 +70,7 @@ rule table_accuracy:
         runtime=10,
     params:
         predictions=prediction_keys,
+        pairs=all_pair_keys,
         statistics=statistics_params,
         power=power_params,
         code=code("table_accuracy.py"),

@@ -3,7 +3,7 @@ rule hub_fetch:
     one job that reaches the hub (with the user's token); compute jobs read the cache offline.
     """
     output:
-        HUB_FETCHED,
+        hub.marker("{exp}"),
     log:
         "logs/hub_fetch/{exp}.log",
     conda:
@@ -17,8 +17,3 @@ rule hub_fetch:
         code=code("hub_fetch.py"),
     script:
         "../workflow_scripts/hub_fetch.py"
-
-
-# Beside Snakemake on the login node, which reaches the hub; a compute node often cannot.
-localrules:
-    hub_fetch,

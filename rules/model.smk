@@ -56,7 +56,7 @@ rule sft_train:
     shell:
         "${{SCDPO_PYTHON}} ${{SCDPO_WORKFLOW}}workflow_scripts/train.py sft"
         " --model {input.model} --data {input.data}"
-        " --out {output} --recipe '{params.recipe}' --threads {threads}"
+        " --out {output} --recipe {params.recipe:q} --threads {threads}"
         " --checkpoint-dir results/{wildcards.exp}/checkpoints/sft"
-        " --launcher '{params.launcher}' > {log} 2>&1"
+        " --launcher {params.launcher:q} > {log} 2>&1"
         " || {{ code=$?; cp {log} {log}.failed-$(date +%Y%m%dT%H%M%S); exit $code; }}"

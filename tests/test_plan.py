@@ -183,7 +183,7 @@ def test_the_command_runs_the_dry_run_with_the_profile_and_prints_the_headline_l
 
 
 def test_the_module_imports_only_the_standard_library_at_import():
-    """rules/common.smk imports GENERATION_RULES from it at parse time, in Snakemake's env."""
+    """rules/params.smk imports GENERATION_RULES from it at parse time, in Snakemake's env."""
     import ast
     import sys
 

@@ -12,6 +12,7 @@ import pytest
 from scdpo.jsonl import read_jsonl, write_jsonl
 from scdpo.names import temperature_name
 from scdpo.results import accuracy, cost, credit_pages, data_stats, pilot, render
+from scdpo.results.plan import run_benchmark_jobs
 from scdpo.solution import Block, render_prompt, render_solution
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -478,8 +479,16 @@ def test_cost_per_stage_with_gpu_hours_only_where_gpus_ran(tmp_path):
     _tsv(bench / "sft_train" / "e.tsv", 360)
     _tsv(bench / "model_base" / "other.tsv", 36)
     _tsv(bench / "sft_train" / "stale.tsv", 99999)  # an earlier run's file, not an input
-    files = [p for p in bench.rglob("*.tsv") if p.name != "stale.tsv"]
-    records = cost.benchmark_records(files, ["e"])
+    # An earlier run's folder, read by the cost plan: rule and experiment from the layout.
+    jobs = [job for job in run_benchmark_jobs(bench, ["e"]) if job[0].name != "stale.tsv"]
+    assert {(path.relative_to(bench).as_posix(), rule, exp) for path, rule, exp in jobs} == {
+        ("eval_predict/e/sft/b.tsv", "eval_predict", "e"),
+        ("eval_predict/e/dpo/b.tsv", "eval_predict", "e"),
+        ("dpo_train/e/dpo.tsv", "dpo_train", "e"),
+        ("sft_train/e.tsv", "sft_train", "e"),
+        ("model_base/other.tsv", "model_base", ""),
+    }
+    records = cost.benchmark_records(jobs)
     gpus = {"sft_train": 0, "dpo_train": 0, "eval_predict": 1}
     table = cost.cost_table(records, gpus, ["model_base", "sft_train", "dpo_train"])
     assert list(table["stage"]) == ["model_base", "sft_train", "dpo_train", "eval_predict", ""]
@@ -501,7 +510,8 @@ def test_cost_report_files(tmp_path):
     bench = tmp_path / "logs" / "benchmarks"
     _tsv(bench / "eval_predict" / "e" / "x.tsv", 60)
     out = {k: str(tmp_path / f"c.{k}") for k in ("csv", "md", "html")}
-    cost.cost_report([str(bench / "eval_predict" / "e" / "x.tsv")], ["e"], {"eval_predict": 0}, out)
+    files, keys = [str(bench / "eval_predict" / "e" / "x.tsv")], [("eval_predict", "e")]
+    cost.cost_report(files, keys, {"eval_predict": 0}, out)
     md = (tmp_path / "c.md").read_text()
     assert "eval_predict" in md and "total" in md
     assert json.dumps(pd.read_csv(out["csv"])["jobs"].tolist()) == "[1, 1]"

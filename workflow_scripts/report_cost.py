@@ -6,7 +6,7 @@ from scdpo.results.cost import cost_report
 
 cost_report(
     list(snakemake.input.benchmarks),
-    snakemake.params.experiments,
+    snakemake.params.benchmarks,
     snakemake.params.gpus,
     snakemake.output,
 )

@@ -16,7 +16,7 @@ leaves out empty fields, so a newer Python's new (empty) fields do not change it
 
 Parsed trees are cached by file stat like fingerprints (scdpo.fingerprint): a Snakemake start
 stats the package's files and parses none that did not change. Standard library only:
-`rules/common.smk` imports this at parse time.
+`rules/params.smk` imports this at parse time.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ model folder is read once, until a file in it changes. Each
 entry is its own file, written under a unique name and renamed into place, so the SLURM jobs that
 start together never see a torn entry; a lost or unreadable one is computed again.
 
-Standard library only: `rules/common.smk` imports this at parse time.
+Standard library only: `rules/params.smk` imports this at parse time.
 """
 
 from __future__ import annotations

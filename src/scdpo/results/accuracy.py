@@ -350,11 +350,11 @@ def prediction_files(
     }
 
 
-def pair_file_keys(paths: Iterable[str]) -> dict[tuple[str, str], list[str]]:
-    """results/{exp}/pairs/{variant}/{split}.jsonl -> {(exp, variant): [paths]}."""
+def pair_files(paths: Sequence[str], keys: Sequence[tuple[str, str]]) -> dict[tuple, list[str]]:
+    """Pair files and the (experiment, variant) of each -> {(experiment, variant): [paths]}."""
     groups: dict[tuple[str, str], list[str]] = {}
-    for p in paths:
-        groups.setdefault((Path(p).parts[-4], Path(p).parts[-2]), []).append(p)
+    for path, (exp, variant) in zip(paths, keys, strict=True):
+        groups.setdefault((exp, variant), []).append(path)
     return groups
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -111,29 +111,25 @@ def _nan0(value: float) -> float:
     return 0.0 if value is None or math.isnan(value) else float(value)
 
 
-def benchmark_records(paths: Sequence[str | Path], experiments: Sequence[str]) -> list[dict]:
-    """The given .../benchmarks/<rule>/... .tsv files, read; the experiment is the first path
-    component after the rule that names one (a folder, or the file itself: {exp}.tsv)."""
-    records = []
-    for path in map(Path, sorted(map(str, paths))):
-        parts = path.with_suffix("").parts
-        if "benchmarks" not in parts:
-            raise ValueError(f"{path}: not under a benchmarks/<rule>/ folder")
-        rule, *rest = parts[len(parts) - parts[::-1].index("benchmarks") :]
-        experiment = next((part for part in rest if part in experiments), "")
-        records.append({"rule": rule, "experiment": experiment, **read_benchmark(path)})
-    return records
+def benchmark_records(jobs: Iterable[tuple[str | Path, str, str]]) -> list[dict]:
+    """The benchmark files of jobs given as (path, rule, experiment), read."""
+    return [
+        {"rule": rule, "experiment": experiment, **read_benchmark(path)}
+        for path, rule, experiment in jobs
+    ]
 
 
 def cost_report(
     benchmark_files: Sequence[str],
-    experiments: Sequence[str],
+    keys: Sequence[tuple[str, str]],
     gpus_per_rule: Mapping[str, float],
     out: Mapping[str, str],
 ) -> None:
-    """out: csv, md, html. The jobs' benchmark files are the rule's declared inputs, so files of
-    earlier runs are not counted; rules without benchmark: (cheap aggregation) are not either."""
-    records = benchmark_records(benchmark_files, experiments)
+    """out: csv, md, html. `keys`: the (rule, experiment) of each benchmark file. The jobs'
+    benchmark files are the rule's declared inputs, so files of earlier runs are not counted;
+    rules without benchmark: (cheap aggregation) are not either."""
+    jobs = [(path, rule, exp) for path, (rule, exp) in zip(benchmark_files, keys, strict=True)]
+    records = benchmark_records(jobs)
     table = cost_table(records, gpus_per_rule, list(gpus_per_rule))
     table.to_csv(out["csv"], index=False)
     shown = table.copy()

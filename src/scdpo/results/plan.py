@@ -11,7 +11,7 @@ last, the headline. Hours per job are measured where RUN_DIR holds the rule's be
 else of all the rule's jobs), otherwise the job's `runtime` resource: the limit of one attempt,
 an upper bound unless a job runs out of time and is retried.
 
-Standard library at import: `rules/common.smk` imports GENERATION_RULES from here at parse time
+Standard library at import: `rules/params.smk` imports GENERATION_RULES from here at parse time
 (reading benchmark files imports pandas, in `measured_hours` only).
 """
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 # The rules each of whose jobs starts one generation engine (vLLM: minutes to load a 7B model):
 # the plan's engine loads are their jobs, and each asks for its experiment's tensor-parallel GPUs
-# (rules/common.smk). Kept here, not in scdpo.names: every script imports that module, so a new
-# name there would change every rule's code param and re-run finished runs.
+# (rules/common.smk: experiment_gpus). Kept here, not in scdpo.names: every script imports that
+# module, so a new name there would change every rule's code param and re-run finished runs.
 GENERATION_RULES = (
     "solutions_sample",
     "negatives_step_controlled",
@@ -144,12 +144,22 @@ def measured_hours(run_dir: str | Path, experiments: Sequence[str]) -> dict[tupl
     folder = Path(run_dir) / "logs" / "benchmarks"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no benchmark files of an earlier run there")
-    files = sorted(folder.rglob("*.tsv"))
     hours: dict[tuple[str, str], list] = {}
-    for record in benchmark_records(files, experiments):
+    for record in benchmark_records(run_benchmark_jobs(folder, experiments)):
         if not math.isnan(record["s"]):
             hours.setdefault((record["rule"], record["experiment"]), []).append(record["s"] / 3600)
     return hours
+
+
+def run_benchmark_jobs(folder: Path, experiments: Sequence[str]) -> list[tuple[Path, str, str]]:
+    """(path, rule, experiment) of every benchmark file of an earlier run's logs/benchmarks/
+    folder, laid out as rules/targets.smk writes it (<rule>/<exp>.tsv, <rule>/<exp>/<job>.tsv):
+    the experiment is the first part after the rule that names one of `experiments`, else ''."""
+    jobs = []
+    for path in sorted(folder.rglob("*.tsv")):
+        rule, *rest = path.relative_to(folder).with_suffix("").parts
+        jobs.append((path, rule, next((part for part in rest if part in experiments), "")))
+    return jobs
 
 
 @dataclass
