@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from scdpo.evaluate import prediction_parts
+from scdpo.generation.job import shared
 
 PARAMS = {"format": "code", "system_prompt": "Solve.", "seed": 0, "noise": {}}
 
@@ -41,3 +42,18 @@ def test_a_question_file_per_part_or_one_for_all(tmp_path: Path) -> None:
     files = [_questions(tmp_path / f"{n}.jsonl", 1) for n in "abc"]
     with pytest.raises(ValueError, match="2 parts but 3 question files"):
         prediction_parts({"a": PARAMS, "b": PARAMS}, files, str(tmp_path), str)
+
+
+def test_parts_share_the_engine_and_sandbox_and_may_differ_in_the_rest(tmp_path: Path) -> None:
+    """paper.yaml's benchmarks have their own tool-call limits (GSM8K 24, MATH 16): one job
+    evaluates a model on both with one engine."""
+    backend = {"engine": "vllm", "tensor_parallel_size": 1}
+    gsm8k, math = ({**PARAMS, "generation": {"backend": backend, "max_calls": n}} for n in (24, 16))
+    files = [_questions(tmp_path / f"{n}.jsonl", 1) for n in ("gsm8k", "math")]
+    parts = prediction_parts({"gsm8k": gsm8k, "math": math}, files, str(tmp_path), str)
+    assert shared(parts, "generation", "backend") == backend
+    assert [p.params["generation"]["max_calls"] for p in parts] == [24, 16]
+    other = {**math, "generation": {"backend": {**backend, "tensor_parallel_size": 2}}}
+    parts = prediction_parts({"gsm8k": gsm8k, "math": other}, files, str(tmp_path), str)
+    with pytest.raises(ValueError, match="differ in generation.backend"):
+        shared(parts, "generation", "backend")

@@ -93,11 +93,20 @@ class _OneEngine:
         return self.engine
 
 
-def _shared(parts: list[Part], block: str) -> dict:
-    """A config block every part of a job must share (one engine, one sandbox pool)."""
-    first = parts[0].params[block]
-    if any(part.params[block] != first for part in parts[1:]):
-        raise ValueError(f"the parts of one generation job differ in their {block!r} block")
+def shared(parts: list[Part], *path: str) -> dict:
+    """A config block every part of a job must share: the engine (`generation`, `backend`) and
+    the sandbox pool (`sandbox`). Everything else may differ per part (a benchmark's tool-call
+    limit, a pilot temperature)."""
+
+    def block(part: Part) -> dict:
+        value = part.params
+        for key in path:
+            value = value[key]
+        return value
+
+    first = block(parts[0])
+    if any(block(part) != first for part in parts[1:]):
+        raise ValueError(f"the parts of one generation job differ in {'.'.join(path)}")
     return first
 
 
@@ -112,9 +121,9 @@ def run_parts(
     from scdpo.modeling import set_threads
 
     set_threads(threads)
-    engine = _OneEngine(_shared(parts, "generation")["backend"], model_dir)
+    engine = _OneEngine(shared(parts, "generation", "backend"), model_dir)
     total = LoopStats()
-    with sandbox_pool(_shared(parts, "sandbox"), workers=max(1, threads)) as pool:
+    with sandbox_pool(shared(parts, "sandbox"), workers=max(1, threads)) as pool:
         for part in parts:
             generation = part.params["generation"]
             records, stats = run_resumable(

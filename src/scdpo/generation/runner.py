@@ -90,7 +90,7 @@ def run_resumable(
         os.remove(resume_path)
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     if done:
-        log.info("resuming %s: %d of %d chunks already done", resume_path, len(done), len(chunks))
+        log.info("resuming: %d of %d chunks already done (%s)", len(done), len(chunks), resume_path)
     total = LoopStats()
     backend = None
     # Progress counts questions (done when their task is), so the ETA holds however many samples
