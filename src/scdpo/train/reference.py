@@ -137,7 +137,11 @@ def _logps(trainer, dataset, batch_size: int) -> dict[int, tuple[float, float]]:
     )
     loader = trainer.accelerator.prepare(loader)
     if trainer.is_deepspeed_enabled:  # parameters still on CPU (ZeRO-1/2) or sharded (ZeRO-3)
-        model = prepare_deepspeed(trainer.model, trainer.accelerator)
+        # One inference engine for every split, kept where TRL keeps its own: a second engine
+        # around the same ZeRO-3 model breaks its parameter trace ("pop from an empty deque").
+        if trainer._precompute_engine is None:
+            trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
+        model = trainer._precompute_engine
     else:
         model = trainer.model
     chosen, rejected = [], []
