@@ -31,6 +31,8 @@ check_config(
     SCHEMA,
     files=[str(f) for f in workflow.configfiles],
     overrides=dict(workflow.config_settings.config),
+    # TRL's argument names once, where Snakemake starts; not again in each SLURM job's parse.
+    trainer_args=workflow.is_main_process,
 )
 # Defaults filled from the schema, per union branch (Snakemake's own filling would leak a jsonl
 # source's defaults into a synthetic one).

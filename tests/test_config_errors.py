@@ -240,3 +240,14 @@ def test_names_that_must_be_other_keys_are_checked_with_their_key_path():
         "report.pilot.experiments[0]: 'tinny' is not a key of the top-level 'experiments'" in text
     )
     assert "report.pilot.benchmarks[0]: 'x' is not a key of the top-level 'benchmarks'" in text
+
+
+def test_a_trainer_args_typo_fails_at_parse_time_where_trl_imports():
+    config = copy.deepcopy(DEFAULT)
+    config["experiments"]["tiny"]["dpo"]["trainer_args"] = {"weight_decy": 0.1, "optim": "sgd"}
+    check_config(copy.deepcopy(config), SCHEMA)  # not asked for (a SLURM job's own parse)
+    with pytest.raises(ConfigError) as caught:
+        check_config(config, SCHEMA, trainer_args=True)
+    text = str(caught.value)
+    assert "experiments.tiny.dpo.trainer_args.weight_decy: not an argument of trl.DPOConfig" in text
+    assert "did you mean 'weight_decay'?" in text and "optim" not in text

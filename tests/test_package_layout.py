@@ -24,6 +24,7 @@ FLOORS = {
         "gpu",
         "config",
         "config_check",
+        "trainer_args",
         "fingerprint",
         "code_version",
         "hub",

@@ -235,11 +235,16 @@ def _schema_errors(config: dict, schema: dict) -> list:
 
 
 def check_config(
-    config: dict, schema: dict, files: list[str] = (), overrides: dict | None = None
+    config: dict,
+    schema: dict,
+    files: list[str] = (),
+    overrides: dict | None = None,
+    trainer_args: bool = False,
 ) -> None:
     """Validate `config` (merged from `files`, then `overrides`) in place against `schema`, after
     reading numbers written as strings; then check that its local paths exist. A ConfigError
-    names the config file, the key path and the fix of each problem."""
+    names the config file, the key path and the fix of each problem. With `trainer_args`, the
+    recipes' `trainer_args` names are checked against TRL's config classes where TRL imports."""
     sources = _Sources(list(files), overrides)
     read_numbers(config, schema)
     errors = _schema_errors(config, schema)
@@ -267,6 +272,10 @@ def check_config(
             tail += f" jsonschema's full errors, with the schema: {DEBUG_ENV}=1 snakemake ..."
         raise ConfigError("\n".join([head, *lines, tail]))
     wrong = cross_reference_errors(config)
+    if trainer_args:
+        from scdpo.trainer_args import config_errors
+
+        wrong += config_errors(config)
     if wrong:
         lines = [f"  {sources.at(path)}: {text}" for path, text in wrong]
         head = f"invalid config ({sources.names()}); nothing has run:"
