@@ -93,7 +93,7 @@ def key_path(path: tuple | list) -> str:
     return text.lstrip(".") or "(top level)"
 
 
-def _did_you_mean(word: object, choices: list) -> str:
+def did_you_mean(word: object, choices: list) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -161,7 +161,7 @@ def _explain_union(error: Any, root: dict, chain: str) -> list[tuple]:
             text = f"must be one of {', '.join(map(str, allowed))}"
             if key in instance:
                 text = f"{instance[key]!r} is not one of {', '.join(map(str, allowed))}"
-                text += _did_you_mean(instance[key], allowed)
+                text += did_you_mean(instance[key], allowed)
             return [((*path, key), text, chain)]
     by_branch: dict[int, list] = {}
     for sub in error.context:
@@ -195,7 +195,7 @@ def _explain(error: Any, root: dict, chain: str = "") -> list[tuple]:
         return [
             (
                 (*path, key),
-                "unknown key" + (_did_you_mean(key, known) or f"; keys here: {', '.join(known)}"),
+                "unknown key" + (did_you_mean(key, known) or f"; keys here: {', '.join(known)}"),
                 chain,
             )
             for key in instance
@@ -217,7 +217,7 @@ def _explain(error: Any, root: dict, chain: str = "") -> list[tuple]:
         return [(path, text + _about(schema), chain)]
     if error.validator == "enum":
         text = f"{instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-        return [(path, text + _did_you_mean(instance, error.validator_value), chain)]
+        return [(path, text + did_you_mean(instance, error.validator_value), chain)]
     message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
     return [(path, message + _about(schema), chain)]
 

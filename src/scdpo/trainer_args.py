@@ -1,17 +1,20 @@
 """The recipes' `trainer_args` (any other argument of TRL's SFTConfig / DPOConfig), checked at
 parse time where Snakemake's env has TRL: a typo in a DPO recipe then fails before the SFT and
 generation jobs run, not a day later. The training job checks again with the TRL it runs
-(scdpo.train.cli.passed_through). Standard library at import; TRL only when a recipe has them.
+(scdpo.train.cli.passed_through). Standard library and scdpo.config_check at import; TRL only
+when a recipe has them.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+
+from scdpo.config_check import did_you_mean
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+def argument_names(config_class: type) -> list[str]:
+    """The arguments a TRL config class (a dataclass) takes."""
+    return [f.name for f in dataclasses.fields(config_class) if f.init]
 
 
 def config_errors(config: dict) -> list[tuple[tuple, str]]:
@@ -26,22 +29,20 @@ def config_errors(config: dict) -> list[tuple[tuple, str]]:
     if not asked:
         return []
     try:
-        import dataclasses
-
         import trl
     except ImportError:
         return []
     wrong = []
     for name, stage, extra in asked:
         config_class = trl.SFTConfig if stage == "sft" else trl.DPOConfig
-        fields = [f.name for f in dataclasses.fields(config_class) if f.init]
+        fields = argument_names(config_class)
         for key in extra:
             if key not in fields:
                 text = f"not an argument of trl.{config_class.__name__} (TRL {trl.__version__})"
                 wrong.append(
                     (
                         ("experiments", name, stage, "trainer_args", key),
-                        text + _did_you_mean(key, fields),
+                        text + did_you_mean(key, fields),
                     )
                 )
     return wrong

@@ -144,13 +144,12 @@ def build_config(stage: str, recipe: dict, out_dir: Path, tokenizer, has_eval: b
 
 def passed_through(recipe: dict, config_class: type, set_here: dict) -> dict:
     """The recipe's `trainer_args`: arguments of the TRL config class that no recipe key sets."""
-    import dataclasses
-
     import trl
 
+    from scdpo.trainer_args import argument_names
+
     extra = recipe.get("trainer_args") or {}
-    names = {f.name for f in dataclasses.fields(config_class) if f.init}
-    unknown = sorted(set(extra) - names)
+    unknown = sorted(set(extra) - set(argument_names(config_class)))
     if unknown:
         raise SystemExit(
             f"trainer_args: {unknown} {'is' if len(unknown) == 1 else 'are'} not "
