@@ -10,6 +10,7 @@ build_trainer), and is timed per optimizer step by a callback after a few warm-u
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -107,3 +108,39 @@ def timed_training(trainer, warmup: int) -> dict:
 
 def capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
+
+
+# --- what both training benchmarks' command lines share ------------------------------------------
+
+
+def add_run_args(parser, threads: int, rule: str) -> None:
+    """Steps, repeats, threads, the stand-in's size, and the child's hidden options."""
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=threads, help=f"torch threads ({rule})")
+    parser.add_argument("--hidden-size", type=int, help="stand-in width (default: tiny's)")
+    parser.add_argument("--num-layers", type=int, help="stand-in depth (default: tiny's)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workspace", help=argparse.SUPPRESS)
+
+
+def model_overrides(args) -> dict:
+    overrides = {"hidden_size": args.hidden_size, "num_layers": args.num_layers}
+    return {k: v for k, v in overrides.items() if v}
+
+
+def child_args(args, workspace: str) -> list[str]:
+    """The options every child of a benchmark gets."""
+    return ["--workspace", workspace, "--threads", str(args.threads)] + [
+        "--steps", str(args.steps), "--warmup", str(args.warmup)
+    ]  # fmt: skip
+
+
+def stand_in_line(overrides: dict, data: str, recipe: dict, threads: int, pinned: str) -> str:
+    spec = {**tiny_experiment()["model"], **overrides}
+    return (
+        f"stand-in: tiny Llama hidden {spec['hidden_size']} x {spec['num_layers']} layers, "
+        f"{data}, batch {recipe['batch_size']}, max_length {recipe['max_length']}, "
+        f"{threads} thread(s); cpu capability: machine {capability()}, jobs' pinned path {pinned}"
+    )

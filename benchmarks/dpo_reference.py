@@ -74,20 +74,12 @@ def run_child(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=160)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the rule's 1)")
-    parser.add_argument("--hidden-size", type=int, help="stand-in width (default: tiny's)")
-    parser.add_argument("--num-layers", type=int, help="stand-in depth (default: tiny's)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--workspace", help=argparse.SUPPRESS)
+    bench.add_run_args(parser, threads=1, rule="the rule's 1")
     args = parser.parse_args()
     if args.child:
         return run_child(args)
 
-    overrides = {"hidden_size": args.hidden_size, "num_layers": args.num_layers}
-    overrides = {k: v for k, v in overrides.items() if v}
+    overrides = bench.model_overrides(args)
     with tempfile.TemporaryDirectory(prefix="dpo-reference-") as scratch:
         workspace = Path(scratch)
         problems = bench.rows(2 * args.pairs, offset=500_000)
@@ -98,8 +90,7 @@ def main() -> None:
         ]
         bench.write_jsonl(workspace / "pairs.jsonl", pairs)
         bench.build_model(workspace, problems, overrides)
-        common = ["--workspace", scratch, "--threads", str(args.threads)]
-        common += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+        common = bench.child_args(args, scratch)
         script = str(Path(__file__).resolve())
         reference = bench.child(script, ["reference", *common], args.threads)
         results = {"live": [], "precomputed": []}
@@ -107,14 +98,8 @@ def main() -> None:
             for mode in results:
                 results[mode].append(bench.child(script, [mode, *common], args.threads))
     best = {mode: min(runs, key=lambda r: r["step_seconds"]) for mode, runs in results.items()}
-    spec = {**bench.tiny_experiment()["model"], **overrides}
-    dpo = bench.tiny_experiment()["dpo"]
-    print(
-        f"stand-in: tiny Llama hidden {spec['hidden_size']} x {spec['num_layers']} layers, "
-        f"{args.pairs} pairs, batch {dpo['batch_size']}, max_length {dpo['max_length']}, "
-        f"{args.threads} thread(s); cpu capability: machine {bench.capability()}, "
-        f"jobs' pinned path {best['live']['capability']}"
-    )
+    dpo, pinned = bench.tiny_experiment()["dpo"], best["live"]["capability"]
+    print(bench.stand_in_line(overrides, f"{args.pairs} pairs", dpo, args.threads, pinned))
     seconds = reference["seconds"]
     print(f"reference pass (once per pair set): {seconds:.1f} s for {args.pairs} pairs")
     print(

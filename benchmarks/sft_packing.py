@@ -52,41 +52,26 @@ def run_child(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the rule's 2)")
-    parser.add_argument("--hidden-size", type=int, help="stand-in width (default: tiny's)")
-    parser.add_argument("--num-layers", type=int, help="stand-in depth (default: tiny's)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--workspace", help=argparse.SUPPRESS)
+    bench.add_run_args(parser, threads=2, rule="the rule's 2")
     args = parser.parse_args()
     if args.child:
         return run_child(args)
 
-    overrides = {"hidden_size": args.hidden_size, "num_layers": args.num_layers}
-    overrides = {k: v for k, v in overrides.items() if v}
+    overrides = bench.model_overrides(args)
     with tempfile.TemporaryDirectory(prefix="sft-packing-") as scratch:
         workspace = Path(scratch)
         rows = bench.rows(args.examples)
         bench.write_jsonl(workspace / "sft.jsonl", rows)
         bench.build_model(workspace, rows, overrides)
-        common = ["--workspace", scratch, "--threads", str(args.threads)]
-        common += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+        common = bench.child_args(args, scratch)
         script = str(Path(__file__).resolve())
         results = {mode: [] for mode in MODES}
         for _ in range(args.repeats):
             for mode in MODES:
                 results[mode].append(bench.child(script, [mode, *common], args.threads))
     best = {mode: max(runs, key=lambda r: r["tokens_per_second"]) for mode, runs in results.items()}
-    spec = {**bench.tiny_experiment()["model"], **overrides}
-    sft = bench.tiny_experiment()["sft"]
-    print(
-        f"stand-in: tiny Llama hidden {spec['hidden_size']} x {spec['num_layers']} layers, "
-        f"{args.examples} examples, batch {sft['batch_size']}, max_length {sft['max_length']}, "
-        f"{args.threads} thread(s); cpu capability: machine {bench.capability()}, "
-        f"jobs' pinned path {best['none']['capability']}"
-    )
+    sft, pinned = bench.tiny_experiment()["sft"], best["none"]["capability"]
+    print(bench.stand_in_line(overrides, f"{args.examples} examples", sft, args.threads, pinned))
     for mode, run in best.items():
         every = ", ".join(f"{r['tokens_per_second']:.0f}" for r in results[mode])
         print(
