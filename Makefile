@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
-	@command -v bwrap >/dev/null && command -v g++ >/dev/null || ./scripts/install-system-packages.sh
+	@command -v bwrap >/dev/null && command -v g++ >/dev/null || ./tools/install-system-packages.sh
 	touch $@
 
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -27,15 +27,15 @@ run: setup
 	$(BIN)/snakemake --cores $(CORES)
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks workflow_scripts
-	$(BIN)/ruff format --check src tests benchmarks workflow_scripts
+	$(BIN)/ruff check src tests perf workflow_scripts
+	$(BIN)/ruff format --check src tests perf workflow_scripts
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
 	$(BIN)/pytest -ra --durations=15 -n auto --dist loadscope
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks workflow_scripts
-	$(BIN)/ruff format --check src tests benchmarks workflow_scripts
+	$(BIN)/ruff check src tests perf workflow_scripts
+	$(BIN)/ruff format --check src tests perf workflow_scripts
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
 

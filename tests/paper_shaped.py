@@ -440,7 +440,7 @@ def _merged(base: dict, changes: dict) -> dict:
     return merged
 
 
-# On one GPU (benchmarks/gpu_check.sh): paper.yaml's vLLM engine on one GPU and one training
+# On one GPU (perf/gpu_check.sh): paper.yaml's vLLM engine on one GPU and one training
 # process, both families: InternLM2 reaches vLLM converted to Llama, as on the cluster.
 GPU_EXPERIMENTS = KEPT_EXPERIMENTS
 GPU_TRAINING = {"launcher": "python"}

@@ -59,7 +59,7 @@ class WorkflowUnderTest:
         ".ruff_cache",
     )
     # Skipped at the top only: src/scdpo/results is a package, not a run's results.
-    ignore_top: tuple[str, ...] = ("results", "logs", "resources", "benchmarks")
+    ignore_top: tuple[str, ...] = ("results", "logs", "resources", "perf")
     timeout_s: int = 300
     # SLURM jobs at once. The plugin polls every 2 s after a job finished and 10 s longer each
     # time none did, so a 10 s job holds its slot for about 36 s: more slots than the machine's

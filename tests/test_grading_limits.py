@@ -2,7 +2,7 @@
 
 No assertion here is on elapsed time (a slower or busier machine would miss it): a limit is
 checked by what it does (the verdict counts as not equal, is counted and logged, the child is
-replaced by a fork of the same warm zygote). `benchmarks/grading_limits.py` measures the times:
+replaced by a fork of the same warm zygote). `perf/grading_limits.py` measures the times:
 verdicts at their limit, the verdict after a timeout, normalisation's growth with the input.
 """
 

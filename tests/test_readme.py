@@ -1,4 +1,4 @@
-"""The README's result figures are the files that benchmarks/default_run.py writes."""
+"""The README's result figures are the files that perf/default_run.py writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("default_run", REPO / "benchmarks/default_run.py")
+spec = importlib.util.spec_from_file_location("default_run", REPO / "perf/default_run.py")
 default_run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(default_run)
 
@@ -16,7 +16,7 @@ RESULT_FILES = sorted((REPO / "docs" / "results").glob("*.md"))
 
 
 def test_there_are_result_files():
-    assert RESULT_FILES, "docs/results/*.md: run benchmarks/default_run.py --readme"
+    assert RESULT_FILES, "docs/results/*.md: run perf/default_run.py --readme"
 
 
 @pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.name)

@@ -7,7 +7,7 @@ from PyPI (the envs' pins) are CUDA 13.0 builds; on an older driver torch report
 (`torch.cuda.is_available()` is False, so a training would quietly run on the CPU) and vLLM fails
 deep in its start. This check fails at once instead, saying which driver is needed and how to
 install the same releases' CUDA 12.9 builds, which run on R525 and newer (docs/envs.md, "GPU
-driver"). `python -m scdpo.gpu [--vllm]` runs it by hand (benchmarks/gpu_check.sh does).
+driver"). `python -m scdpo.gpu [--vllm]` runs it by hand (perf/gpu_check.sh does).
 
 The logic is pure: the driver and the builds come in as arguments (`read_driver` and
 `installed_builds` find the real ones), so the tests fake them. Standard library only.

@@ -1,4 +1,4 @@
-"""Shared pieces of the training benchmarks (dpo_reference.py, sft_packing.py).
+"""Shared pieces of the training perf scripts (dpo_reference.py, sft_packing.py).
 
 The CPU stand-in is the embedded default's `tiny` experiment (config/config.yaml): its model spec
 and its `sft` / `dpo` recipe, on synthetic code-format problems rendered as the workflow renders
@@ -110,7 +110,7 @@ def capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
-# --- what both training benchmarks' command lines share ------------------------------------------
+# --- what both training perf scripts' command lines share ----------------------------------------
 
 
 def add_run_args(parser, threads: int, rule: str) -> None:

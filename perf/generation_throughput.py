@@ -7,11 +7,11 @@ works. Seed-style, as the original drove its server: one request per solution, o
 same executor and waited for. Both use the `tiny` experiment's generation and sampling settings
 (config/config.yaml), naive sampling tasks on the same synthetic questions, and the same model.
 
-    python benchmarks/generation_throughput.py [--model DIR] [--questions N] [--seed-questions 16]
-    python benchmarks/generation_throughput.py --no-seed-style --backend '{"engine":"vllm"}'
+    python perf/generation_throughput.py [--model DIR] [--questions N] [--seed-questions 16]
+    python perf/generation_throughput.py --no-seed-style --backend '{"engine":"vllm"}'
 
 `--backend` replaces the experiment's `generation.backend` block (schema defaults filled in): the
-GPU check (benchmarks/gpu_check.sh) runs our loop on vLLM and on the transformers engine on CUDA,
+GPU check (perf/gpu_check.sh) runs our loop on vLLM and on the transformers engine on CUDA,
 same model and questions.
 
 Ours runs on one chunk of questions (`generation.chunk_size`, 200: what a sampling job's frontier

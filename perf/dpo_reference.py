@@ -1,7 +1,7 @@
 """DPO step time and peak memory with the live reference model and with precomputed reference
 log-probs (scdpo.train.reference, `dpo.reference: precomputed`), on the CPU stand-in.
 
-    python benchmarks/dpo_reference.py [--pairs 160] [--steps 8] [--warmup 2] [--repeats 2]
+    python perf/dpo_reference.py [--pairs 160] [--steps 8] [--warmup 2] [--repeats 2]
         [--threads 1] [--hidden-size 128] [--num-layers 4]
 
 The stand-in is the embedded default's `tiny` model and `dpo` recipe (config/config.yaml: batch

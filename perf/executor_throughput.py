@@ -5,7 +5,7 @@ same run. Ours is the default pool (`SandboxPool()`: 2 workers, default `Sandbox
 protection of docs/sandbox.md on), timed once all workers are up; the last line printed is the
 ratio, e.g. `speedup: 120x (ours 130.0/s, seed 1.08/s)`.
 
-    python benchmarks/executor_throughput.py [--solutions 600] [--baseline 4] [--workers 2]
+    python perf/executor_throughput.py [--solutions 600] [--baseline 4] [--workers 2]
 """
 
 from __future__ import annotations

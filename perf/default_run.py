@@ -1,9 +1,9 @@
 """The embedded default from a clean directory: wall time, job time, cores used, and the table.
 
-    .venv/bin/python benchmarks/default_run.py             # run, write docs/results/default.md
-    .venv/bin/python benchmarks/default_run.py --readme    # ... and copy it into README.md
-    .venv/bin/python benchmarks/default_run.py --config config/cot.yaml --readme   # cot.md
-    .venv/bin/python benchmarks/default_run.py --config config/small.yaml --readme # small.md
+    .venv/bin/python perf/default_run.py             # run, write docs/results/default.md
+    .venv/bin/python perf/default_run.py --readme    # ... and copy it into README.md
+    .venv/bin/python perf/default_run.py --config config/cot.yaml --readme   # cot.md
+    .venv/bin/python perf/default_run.py --config config/small.yaml --readme # small.md
 
 Runs `snakemake --cores N` on a shipped config in a fresh directory, then writes one markdown
 file, docs/results/<config name>.md, with what the README quotes: the accuracy table
@@ -43,7 +43,7 @@ def result_name(config: Path) -> str:
 
 def markers(name: str) -> tuple[str, str]:
     return (
-        f"<!-- BEGIN docs/results/{name}.md: written by benchmarks/default_run.py --readme -->",
+        f"<!-- BEGIN docs/results/{name}.md: written by perf/default_run.py --readme -->",
         f"<!-- END docs/results/{name}.md -->",
     )
 

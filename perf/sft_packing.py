@@ -1,7 +1,7 @@
 """SFT tokens per second with padded, padding-free and packed batches (scdpo.train.packing, the
 recipe's `packing: none | padding_free | bfd`), on the CPU stand-in.
 
-    python benchmarks/sft_packing.py [--examples 400] [--steps 8] [--warmup 2] [--repeats 2]
+    python perf/sft_packing.py [--examples 400] [--steps 8] [--warmup 2] [--repeats 2]
         [--threads 2] [--hidden-size 128] [--num-layers 4]
 
 The stand-in is the embedded default's `tiny` model and `sft` recipe (config/config.yaml: batch 8,

@@ -2,7 +2,7 @@
 # The GPU check of the paper path: one command on a machine with an NVIDIA GPU and the package
 # index (docs/generation.md, "GPU check"):
 #
-#   bash benchmarks/gpu_check.sh [WORKDIR]        # default /tmp/scdpo-gpu-check
+#   bash perf/gpu_check.sh [WORKDIR]        # default /tmp/scdpo-gpu-check
 #
 # 1. One venv with requirements.txt, but vLLM, transformers and numpy as envs/generate.yaml pins
 #    them, and without the SLURM plugin (it needs numpy >= 2.4.5, vLLM's mistral-common < 2.4).

@@ -6,7 +6,7 @@ reference written the same way, sometimes written differently (symbolic cases, s
 fresh caches), then `grade_many` in batches of 1,000 with 1 and with 2 worker processes (pools
 started once, outside the timed region, as in a sampling shard; best of two runs).
 
-    python benchmarks/grading_throughput.py [BENCHMARK_DIR]
+    python perf/grading_throughput.py [BENCHMARK_DIR]
 
 The last line printed is the headline figure.
 """

@@ -1,6 +1,6 @@
 """What the grader's hard time limit costs, in seconds (the tests check behaviour, not time).
 
-    python benchmarks/grading_limits.py
+    python perf/grading_limits.py
 
 Prints, for 1 MB looping generations, the time of a verdict at a 1 s limit; the time of the verdict
 that follows a timed-out one (a child forked from the warm zygote: milliseconds, not a cold
