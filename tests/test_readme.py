@@ -22,7 +22,16 @@ def test_there_are_result_files():
 @pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: p.name)
 def test_readme_quotes_the_result_file_verbatim(path: Path):
     readme = (REPO / "README.md").read_text()
-    assert default_run.readme_block(readme, path.stem) == path.read_text()
+    quoted = default_run.readme_excerpt(path.read_text(), path.stem)
+    assert default_run.readme_block(readme, path.stem) == quoted
+
+
+def test_a_result_with_full_tables_is_quoted_up_to_them_with_a_link():
+    result = f"head\n\n{default_run.FULL_TABLES}\n\n**Paired differences**\n"
+    excerpt = default_run.readme_excerpt(result, "small")
+    assert excerpt.startswith("head\n") and "Paired differences" not in excerpt
+    assert "[docs/results/small.md](docs/results/small.md)" in excerpt
+    assert default_run.readme_excerpt("head\n", "default") == "head\n"
 
 
 def test_replacing_a_block_keeps_the_rest_of_the_readme():
@@ -48,6 +57,7 @@ def test_summary_of_a_real_run_has_the_accuracy_table_and_the_time_per_stage(mic
     assert full.startswith(text.rstrip("\n"))
     assert "**Paired differences on the same questions**" in full and "\n## " not in full
     assert "SCDPO - Step-DPO" in full
+    assert default_run.FULL_TABLES in full and "Paired" not in default_run.readme_excerpt(full, "m")
 
 
 def test_seeded_or_powered_configs_print_table_1_with_confidence():
