@@ -63,6 +63,11 @@ os.environ.update(
     SCDPO_WORKFLOW=os.path.join(os.path.relpath(workflow.basedir), ""),
 )
 
+# Scheduling only (no output changes): the jobs from the SFT model to the DPO models are a run's
+# longest chain, so they go before the jobs beside it (evaluation of the SFT model, the
+# temperature pilot, the report), which fill the cores the chain leaves idle.
+LONGEST_CHAIN = 10
+
 EXPERIMENTS = list(config["experiments"])
 
 

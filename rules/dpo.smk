@@ -12,6 +12,7 @@ rule dpo_train:
         "logs/dpo_train/{exp}/{trained}.log",
     benchmark:
         "logs/benchmarks/dpo_train/{exp}/{trained}.tsv"
+    priority: LONGEST_CHAIN
     conda:
         "../envs/train.yaml"
     threads: 1
@@ -50,6 +51,7 @@ rule reference_logps:
         "logs/reference_logps/{exp}/{variant}.log",
     benchmark:
         "logs/benchmarks/reference_logps/{exp}/{variant}.tsv"
+    priority: LONGEST_CHAIN
     conda:
         "../envs/train.yaml"
     threads: 1

@@ -36,6 +36,7 @@ rule sft_train:
         "logs/sft_train/{exp}.log",
     benchmark:
         "logs/benchmarks/sft_train/{exp}.tsv"
+    priority: LONGEST_CHAIN
     conda:
         "../envs/train.yaml"
     threads: 2

@@ -8,6 +8,7 @@ rule pairs_build:
         eval="results/{exp}/pairs/{variant}/eval.jsonl",
     log:
         "logs/pairs_build/{exp}/{variant}.log",
+    priority: LONGEST_CHAIN
     conda:
         "../envs/data.yaml"
     threads: 1

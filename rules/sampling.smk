@@ -9,6 +9,7 @@ rule solutions_sample:
         "logs/solutions_sample/{exp}/shard{shard}-of{shards}.log",
     benchmark:
         "logs/benchmarks/solutions_sample/{exp}/shard{shard}-of{shards}.tsv"
+    priority: LONGEST_CHAIN
     conda:
         "../envs/generate.yaml"
     threads: 1
@@ -30,6 +31,7 @@ rule solutions_merge:
         ensure("results/{exp}/sampling/samples.jsonl", non_empty=True),
     log:
         "logs/solutions_merge/{exp}.log",
+    priority: LONGEST_CHAIN
     conda:
         "../envs/data.yaml"
     threads: 1

@@ -9,6 +9,7 @@ rule negatives_step_controlled:
         "logs/negatives_step_controlled/{exp}/shard{shard}-of{shards}.log",
     benchmark:
         "logs/benchmarks/negatives_step_controlled/{exp}/shard{shard}-of{shards}.tsv"
+    priority: LONGEST_CHAIN
     conda:
         "../envs/generate.yaml"
     threads: 1
@@ -30,6 +31,7 @@ rule negatives_merge:
         "results/{exp}/step_control/negatives.jsonl",
     log:
         "logs/negatives_merge/{exp}.log",
+    priority: LONGEST_CHAIN
     conda:
         "../envs/data.yaml"
     threads: 1
