@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_llama import save_tiny_llama
 
 from scdpo.cpu import job_environment
-from scdpo.modeling import create_tiny_llama, save, train_tokenizer
 from scdpo.train import events
 from scdpo.train.curves import PLOTTED, curves_table, plot_curves, tags, write_curves_csv
 
@@ -88,10 +88,7 @@ def trained(tmp_path_factory) -> Path:
     ]
     for name, part in [("train", pairs[:16]), ("eval", pairs[16:])]:
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
-    tokenizer = train_tokenizer((p["prompt"] + p["chosen"] for p in pairs), vocab_size=300)
-    spec = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2}
-    spec["max_position_embeddings"] = 64
-    save(create_tiny_llama(tokenizer, spec, seed=0), tokenizer, root / "sft")
+    save_tiny_llama((p["prompt"] + p["chosen"] for p in pairs), root / "sft", 64)
     recipe = {
         "learning_rate": 5e-3,
         "epochs": 1,

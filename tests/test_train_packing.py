@@ -18,9 +18,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_llama import save_tiny_llama
 
 from scdpo.cpu import job_environment
-from scdpo.modeling import create_tiny_llama, save, train_tokenizer
 from scdpo.train import cli, packing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,15 +51,7 @@ def ws(tmp_path_factory) -> Path:
     ]
     rows.append({"prompt": "Q: long? ", "completion": "A: " + "one two three " * 30})
     (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in rows), vocab_size=300)
-    spec = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-        "max_position_embeddings": 128,
-    }
-    save(create_tiny_llama(tokenizer, spec, seed=0), tokenizer, root / "base")
+    save_tiny_llama((r["prompt"] + r["completion"] for r in rows), root / "base")
     return root
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_llama import save_tiny_llama
 
 from scdpo.cpu import job_environment
-from scdpo.modeling import create_tiny_llama, save, train_tokenizer
 from scdpo.train import cli, reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,15 +55,7 @@ def ws(tmp_path_factory) -> Path:
     for name, part in [("train", rows[:22]), ("eval", rows[22:])]:
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     texts = (r["prompt"] + r["chosen"] + r["rejected"] for r in rows)
-    tokenizer = train_tokenizer(texts, vocab_size=300)
-    spec = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-        "max_position_embeddings": 256,
-    }
-    save(create_tiny_llama(tokenizer, spec, seed=0), tokenizer, root / "sft")
+    save_tiny_llama(texts, root / "sft", 256)
     done = run("reference-logps", *pairs_args(root), "--out", str(root / "ref.jsonl"))
     assert done.returncode == 0, done.stdout[-4000:]
     return root

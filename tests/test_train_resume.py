@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_llama import save_tiny_llama
 
-from scdpo.modeling import create_tiny_llama, save, train_tokenizer
 from scdpo.train.checkpoint import COMPLETE, EXIT_RESUMABLE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,15 +92,7 @@ def workspace(tmp_path_factory) -> Path:
     ]
     for name, rows in [("sft", sft), ("pairs", pairs), ("eval", pairs[:3])]:
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tokenizer = train_tokenizer((r["prompt"] + r["completion"] for r in sft), vocab_size=300)
-    spec = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-        "max_position_embeddings": 128,
-    }
-    save(create_tiny_llama(tokenizer, spec, seed=0), tokenizer, root / "base")
+    save_tiny_llama((r["prompt"] + r["completion"] for r in sft), root / "base")
     (root / "hook.py").write_text(HOOK)
     return root
 
