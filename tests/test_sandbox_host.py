@@ -258,14 +258,37 @@ def test_two_pools_in_one_process_never_share_a_uid(caplog) -> None:
     with SandboxPool(workers=1, config=config) as one, SandboxPool(workers=1, config=config) as two:
         uids = {one.run(uid)[0], two.run(uid)[0]}
         assert len(uids) == 2 and all(int(u) >= _launch.UID_BASE for u in uids)
+        assert all(os.getpid() in _block_lock_holders(int(u)) for u in uids)
         forks = one.submit([FILL_PROCESSES])
         threading.Event().wait(1.0)  # pool one's uid is at its process limit now
         assert two.run([THREADS]) == ["'threads ran'"]
         count, err = forks.result()[0].split()
         assert int(count) < 16 and int(err) == errno.EAGAIN
-    with SandboxPool(workers=1, config=config) as three:  # a closed pool's uids are free again
-        assert three.run(uid)[0] in uids
+    # A closed pool's uids are free again: this process holds no lock on their blocks (another
+    # process, e.g. another test worker, may take them at once: the lowest free block goes first).
+    for u in uids:
+        assert os.getpid() not in _block_lock_holders(int(u))
+    with SandboxPool(workers=1, config=config) as three:
+        assert int(three.run(uid)[0]) >= _launch.UID_BASE
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _block_lock_holders(uid: int) -> set[int]:
+    """Pids holding the flock of the uid block that `uid` is in (from /proc/locks)."""
+    block = (uid - _launch.UID_BASE) // _launch.UID_SLOTS
+    files = [os.path.join(d, str(block)) for d in _launch.UID_LOCKS]
+    stats = [os.stat(f) for f in files if os.path.exists(f)]
+    assert stats, f"no lock file of block {block} in {_launch.UID_LOCKS}"
+    # /proc/locks names a file as major:minor:inode, the device numbers in hex.
+    names = {f"{os.major(s.st_dev):02x}:{os.minor(s.st_dev):02x}:{s.st_ino}" for s in stats}
+    holders = set()
+    for line in open("/proc/locks").read().splitlines():
+        fields = line.split()
+        if "FLOCK" in fields:
+            at = fields.index("FLOCK")
+            if fields[at + 4] in names:
+                holders.add(int(fields[at + 3]))
+    return holders
 
 
 def test_uid_leases_are_exclusive(tmp_path, monkeypatch) -> None:
